@@ -1,0 +1,20 @@
+"""diffjax: score-based generative modelling through SDEs, in JAX."""
+
+from diffjax import losses, mixture, score, sde
+from diffjax.mixture import GaussianMixture
+from diffjax.sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE",
+    "VESDE",
+    "VPSDE",
+    "SubVPSDE",
+    "ReverseSDE",
+    "GaussianMixture",
+    "losses",
+    "mixture",
+    "score",
+    "sde",
+]
