@@ -1,6 +1,6 @@
 """diffjax: score-based generative modelling through SDEs, in JAX."""
 
-from diffjax import losses, mixture, score, sde
+from diffjax import losses, mixture, samplers, score, sde
 from diffjax.mixture import GaussianMixture
 from diffjax.sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
@@ -15,6 +15,7 @@ __all__ = [
     "GaussianMixture",
     "losses",
     "mixture",
+    "samplers",
     "score",
     "sde",
 ]

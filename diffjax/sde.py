@@ -119,6 +119,19 @@ class SDE:
     def prior_std(self) -> float | Array:
         raise NotImplementedError
 
+    def log_snr(self, t: Array) -> Array:
+        """Half log signal-to-noise ratio lambda(t) = log(a(t) / sigma(t)), elementwise, decreasing in t.
+
+        exp(-lambda) is the noise level of the rescaled process x / a(t) (EDM's sigma); DPM-Solver and
+        the EDM sampler step in lambda or in exp(-lambda).
+        """
+        a, s = self.marginal_coeffs(t)
+        return jnp.log(a) - jnp.log(s)
+
+    def t_from_log_snr(self, lam: Array) -> Array:
+        """Inverse of :meth:`log_snr`: the time t at which log(a/sigma) = lam, elementwise."""
+        raise NotImplementedError
+
     # --- batched API ---------------------------------------------------------------------------
 
     def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
@@ -282,6 +295,12 @@ class VESDE(SDE):
     def prior_std(self):
         return self.sigma_max
 
+    def log_snr(self, t):
+        return -jnp.log(self.sigma(t))
+
+    def t_from_log_snr(self, lam):
+        return (-jnp.asarray(lam) - jnp.log(self.sigma_min)) / jnp.log(self.sigma_max / self.sigma_min)
+
     @property
     def discrete_sigmas(self) -> Array:
         """SMLD noise levels exp(linspace(log sigma_min, log sigma_max, N)), increasing; shape (N,)."""
@@ -377,6 +396,13 @@ class VPSDE(_LinearBetaSDE):
     def prior_std(self):
         return 1.0
 
+    def log_snr(self, t):
+        # a^2 / sigma^2 = 1 / (e^B - 1)
+        return -0.5 * _log_expm1(self.integrated_beta(t))
+
+    def t_from_log_snr(self, lam):
+        return self._time_from_integrated_beta(jax.nn.softplus(-2.0 * jnp.asarray(lam)))
+
     def discrete_marginal_coeffs(self):
         abar = self._ddpm_alphas_cumprod()
         return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
@@ -427,6 +453,13 @@ class SubVPSDE(_LinearBetaSDE):
     @property
     def prior_std(self):
         return 1.0
+
+    def log_snr(self, t):
+        # sigma / a = e^{B/2} - e^{-B/2} = 2 sinh(B/2)
+        return -jnp.log(2.0 * jnp.sinh(0.5 * self.integrated_beta(t)))
+
+    def t_from_log_snr(self, lam):
+        return self._time_from_integrated_beta(2.0 * jnp.arcsinh(0.5 * jnp.exp(-jnp.asarray(lam))))
 
     def discrete_marginal_coeffs(self):
         abar = self._ddpm_alphas_cumprod()

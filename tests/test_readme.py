@@ -9,7 +9,10 @@ README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_api_tour_runs(capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README.md has no python code block"
+    namespace = {"__name__": "__readme__"}  # the blocks build on each other, as in a notebook
     for code in blocks:
-        exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
-    out = capsys.readouterr().out.split()
-    assert out[0] == "1" and float(out[1]) > 0  # one step taken, a finite positive loss
+        exec(compile(code, str(README), "exec"), namespace)
+    lines = capsys.readouterr().out.splitlines()
+    step, loss = lines[0].split()
+    assert step == "1" and float(loss) > 0  # one train step taken, a finite positive loss
+    assert lines[1].startswith("(512, 2)")  # the sampling tour ran

@@ -6,19 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import x64
 from scipy import integrate, stats
 
 import diffjax
 from diffjax import GaussianMixture, SubVPSDE, VESDE, VPSDE
-
-def x64():
-    """Run a block in float64 (jax.enable_x64 is new; older JAX has jax.experimental.enable_x64)."""
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64
-
-    return enable_x64()
-
 
 PROCESSES = {
     "ve": VESDE(sigma_min=0.01, sigma_max=50.0, N=1000),
@@ -281,3 +273,14 @@ def test_processes_are_pytrees(name):
     stds = jax.vmap(lambda s: s.marginal_prob(x, t)[1])(stacked)
     assert stds.shape == (2, 3)
     np.testing.assert_allclose(stds[0], std, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_log_snr_and_its_inverse(name):
+    sde = PROCESSES[name]
+    t = jnp.array([1e-5, 1e-3, 0.1, 0.5, 0.9, 1.0])
+    a, s = sde.marginal_coeffs(t)
+    lam = sde.log_snr(t)
+    np.testing.assert_allclose(lam, np.log(np.asarray(a, np.float64) / np.asarray(s, np.float64)), rtol=1e-4, atol=1e-4)
+    assert np.all(np.diff(np.asarray(lam)) < 0)
+    np.testing.assert_allclose(sde.t_from_log_snr(lam), t, rtol=2e-3, atol=1e-6)

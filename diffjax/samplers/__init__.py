@@ -1,0 +1,70 @@
+"""Samplers as composable transforms, one scan driver, and adaptive probability-flow sampling.
+
+    step = chain(langevin(sde, snr=0.16), reverse_diffusion(sde))     # the original PC sampler
+    x, nfe = sample(step, score_fn, key, prior_sample(sde, key, shape), uniform_timesteps(sde, 1000))
+"""
+
+from __future__ import annotations
+
+from diffjax.samplers.base import Step, chain, example_keys, prior_sample, sample, tweedie_denoise
+from diffjax.samplers.fast import ddim, denoiser, dpmpp_2m, dpmpp_2m_sde, edm_heun
+from diffjax.samplers.grids import (
+    TIME_GRIDS,
+    karras_timesteps,
+    log_snr_timesteps,
+    quadratic_timesteps,
+    uniform_timesteps,
+)
+from diffjax.samplers.ode import ode_euler, ode_heun, ode_rk4, ode_sample, probability_flow_drift
+from diffjax.samplers.predictors import (
+    ancestral_sampling,
+    annealed_langevin,
+    euler_maruyama,
+    langevin,
+    reverse_diffusion,
+)
+
+STEPS = {
+    "euler_maruyama": euler_maruyama,
+    "reverse_diffusion": reverse_diffusion,
+    "ancestral_sampling": ancestral_sampling,
+    "langevin": langevin,
+    "annealed_langevin": annealed_langevin,
+    "ode_euler": ode_euler,
+    "ode_heun": ode_heun,
+    "ode_rk4": ode_rk4,
+    "ddim": ddim,
+    "edm_heun": edm_heun,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+}
+
+
+def get_step(name: str, sde, **options) -> Step:
+    """The step called ``name`` (see ``STEPS``) for process ``sde``; options go to its constructor.
+
+    "pc" builds the original predictor-corrector sampler: ``predictor`` and ``corrector`` name the
+    parts (defaults "reverse_diffusion", "langevin"), ``corrector_first`` (default True) the order,
+    ``snr`` and ``n_steps`` go to the corrector.
+    """
+    if name == "pc":
+        predictor = options.pop("predictor", "reverse_diffusion")
+        corrector = options.pop("corrector", "langevin")
+        corrector_first = options.pop("corrector_first", True)
+        p = get_step(predictor, sde)
+        c = get_step(corrector, sde, **options)
+        if not p.moves_time or c.moves_time:
+            raise ValueError(f"'pc' needs a predictor and a corrector; got predictor={predictor!r}, corrector={corrector!r}")
+        return chain(c, p) if corrector_first else chain(p, c)
+    if name not in STEPS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(STEPS) + ['pc']}")
+    return STEPS[name](sde, **options)
+
+
+__all__ = [
+    "Step", "chain", "sample", "example_keys", "prior_sample", "tweedie_denoise", "get_step", "STEPS",
+    "euler_maruyama", "reverse_diffusion", "ancestral_sampling", "langevin", "annealed_langevin",
+    "ode_euler", "ode_heun", "ode_rk4", "ode_sample", "probability_flow_drift",
+    "ddim", "denoiser", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde",
+    "uniform_timesteps", "karras_timesteps", "log_snr_timesteps", "quadratic_timesteps", "TIME_GRIDS",
+]

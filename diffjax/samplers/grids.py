@@ -1,0 +1,66 @@
+"""Time grids: decreasing arrays of n + 1 times from T down to eps (n updates)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from diffjax.sde import SDE
+
+Array = jax.Array
+
+__all__ = ["uniform_timesteps", "karras_timesteps", "log_snr_timesteps", "quadratic_timesteps", "TIME_GRIDS"]
+
+
+def _check(sde: SDE, n: int, eps: float | None) -> float:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"the number of steps must be an integer >= 1; got {n!r}")
+    eps = sde.sampling_eps if eps is None else float(eps)
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
+    return eps
+
+
+def _pin_ends(t: Array, sde: SDE, eps: float) -> Array:
+    return t.at[0].set(sde.T).at[-1].set(eps).astype(jnp.float32)
+
+
+def uniform_timesteps(sde: SDE, n: int, eps: float | None = None) -> Array:
+    """t_i = T - i (T - eps) / n (the original's grid). eps defaults to ``sde.sampling_eps``."""
+    eps = _check(sde, n, eps)
+    return jnp.linspace(sde.T, eps, n + 1, dtype=jnp.float32)
+
+
+def quadratic_timesteps(sde: SDE, n: int, eps: float | None = None) -> Array:
+    """t_i = eps + (T - eps) (1 - i/n)^2: steps shrink quadratically towards the data (DDIM's 'quad')."""
+    eps = _check(sde, n, eps)
+    u = 1.0 - jnp.arange(n + 1, dtype=jnp.float32) / n
+    return _pin_ends(eps + (sde.T - eps) * u**2, sde, eps)
+
+
+def log_snr_timesteps(sde: SDE, n: int, eps: float | None = None) -> Array:
+    """Uniform in lambda = log(a / sigma) from lambda(T) to lambda(eps) (DPM-Solver's 'logSNR')."""
+    eps = _check(sde, n, eps)
+    lam = jnp.linspace(sde.log_snr(jnp.float32(sde.T)), sde.log_snr(jnp.float32(eps)), n + 1)
+    return _pin_ends(sde.t_from_log_snr(lam), sde, eps)
+
+
+def karras_timesteps(sde: SDE, n: int, eps: float | None = None, rho: float = 7.0) -> Array:
+    """EDM's grid: sigma_i = (smax^(1/rho) + i/n (smin^(1/rho) - smax^(1/rho)))^rho in the noise level
+    sigma = exp(-lambda) of x / a, between sigma(T) and sigma(eps), mapped back to t."""
+    eps = _check(sde, n, eps)
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0; got {rho}")
+    s_max = jnp.exp(-sde.log_snr(jnp.float32(sde.T)))
+    s_min = jnp.exp(-sde.log_snr(jnp.float32(eps)))
+    u = jnp.arange(n + 1, dtype=jnp.float32) / n
+    sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return _pin_ends(sde.t_from_log_snr(-jnp.log(sig)), sde, eps)
+
+
+TIME_GRIDS = {
+    "uniform": uniform_timesteps,
+    "quadratic": quadratic_timesteps,
+    "log_snr": log_snr_timesteps,
+    "karras": karras_timesteps,
+}

@@ -1,0 +1,147 @@
+"""The original's predictors and correctors, written for any time grid and per-example step sizes.
+
+Predictors move x from t to t_next (< t); correctors refine x at the current time t.
+Transition notation between s = t_next and t: the forward process maps x_s to
+x_t = sqrt(alpha) x_s + b z with alpha = (a_t / a_s)^2 and b^2 = sigma_t^2 - alpha sigma_s^2
+(for VE: alpha = 1, b^2 = sigma_t^2 - sigma_s^2; for VP on the DDPM grid: b^2 = beta).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from diffjax.samplers.base import Step, fold_keys, normal_like, stateless_init
+from diffjax.sde import SDE, VESDE, expand_to
+
+Array = jax.Array
+
+__all__ = [
+    "euler_maruyama",
+    "reverse_diffusion",
+    "ancestral_sampling",
+    "langevin",
+    "annealed_langevin",
+    "transition_coeffs",
+]
+
+
+def transition_coeffs(sde: SDE, t: Array, t_next: Array) -> tuple[Array, Array, Array, Array]:
+    """(alpha, b^2, sigma_t, sigma_next) of the forward transition from t_next to t; shapes (batch,)."""
+    a_t, s_t = sde.marginal_coeffs(t)
+    a_s, s_s = sde.marginal_coeffs(t_next)
+    alpha = (a_t / a_s) ** 2
+    b2 = jnp.maximum(s_t**2 - alpha * s_s**2, 0.0)
+    return alpha, b2, s_t, s_s
+
+
+def euler_maruyama(sde: SDE) -> Step:
+    """Euler–Maruyama on the reverse SDE with the grid's dt = t_next - t (the original used -1/N):
+
+        x_mean = x + [f x - g^2 s] dt,   x = x_mean + g sqrt(-dt) z.
+    """
+
+    def update(keys, x, state, t, t_next, score_fn):
+        drift, g = sde.reverse(score_fn).sde(x, t)
+        dt = expand_to(t_next - t, x)
+        x_mean = x + drift * dt
+        return x_mean + expand_to(g, x) * jnp.sqrt(-dt) * normal_like(keys, x), x_mean, state
+
+    return Step(stateless_init, update, nfe=1, sde=sde, name="euler_maruyama")
+
+
+def reverse_diffusion(sde: SDE) -> Step:
+    """Reverse of the forward transition on the grid (the original's reverse-diffusion predictor):
+
+        x_mean = (2 - sqrt(alpha)) x + b^2 s,   x = x_mean + b z.
+
+    For VE this is SMLD's update; for VP on the DDPM grid it is the original's DDPM update.
+    """
+
+    def update(keys, x, state, t, t_next, score_fn):
+        alpha, b2, _, _ = transition_coeffs(sde, t, t_next)
+        x_mean = expand_to(2.0 - jnp.sqrt(alpha), x) * x + expand_to(b2, x) * score_fn(x, t)
+        return x_mean + expand_to(jnp.sqrt(b2), x) * normal_like(keys, x), x_mean, state
+
+    return Step(stateless_init, update, nfe=1, sde=sde, name="reverse_diffusion")
+
+
+def ancestral_sampling(sde: SDE, variance: str | None = None) -> Step:
+    """Ancestral sampling: x_mean = (x + b^2 s) / sqrt(alpha) = E[x_{t_next} | x_t] (Tweedie on one
+    Gaussian transition), then noise of variance
+
+        "posterior": b^2 sigma_next^2 / sigma_t^2  (the original's VE choice; exact for point masses)
+        "step":      b^2                           (DDPM's sigma^2 = beta; the original's VP choice)
+
+    ``variance=None`` takes the original's choice: posterior for VE, step for VP and sub-VP.
+    """
+    if variance is None:
+        variance = "posterior" if isinstance(sde, VESDE) else "step"
+    if variance not in ("posterior", "step"):
+        raise ValueError(f"unknown ancestral variance {variance!r}; expected 'posterior' or 'step'")
+
+    def update(keys, x, state, t, t_next, score_fn):
+        alpha, b2, s_t, s_s = transition_coeffs(sde, t, t_next)
+        x_mean = (x + expand_to(b2, x) * score_fn(x, t)) / expand_to(jnp.sqrt(alpha), x)
+        var = b2 * (s_s / s_t) ** 2 if variance == "posterior" else b2
+        return x_mean + expand_to(jnp.sqrt(var), x) * normal_like(keys, x), x_mean, state
+
+    return Step(stateless_init, update, nfe=1, sde=sde, name="ancestral_sampling")
+
+
+def _per_example_norm(v: Array) -> Array:
+    return jnp.sqrt(jnp.sum(jnp.reshape(v, (v.shape[0], -1)) ** 2, axis=1))
+
+
+def _langevin_loop(keys, x, t, score_fn, n_steps, step_size_fn):
+    def body(k, carry):
+        x, _ = carry
+        grad = score_fn(x, t)
+        z = normal_like(fold_keys(keys, k), x)
+        eps = step_size_fn(grad, z)
+        x_mean = x + expand_to(eps, x) * grad
+        return x_mean + expand_to(jnp.sqrt(2.0 * eps), x) * z, x_mean
+
+    return jax.lax.fori_loop(0, n_steps, body, (x, x))
+
+
+def langevin(sde: SDE, snr: float = 0.16, n_steps: int = 1) -> Step:
+    """Langevin corrector with a target signal-to-noise ratio (Song et al. 2021, Alg. 4):
+
+        eps = 2 alpha_i (snr ||z|| / ||s||)^2,   x <- x + eps s + sqrt(2 eps) z,
+
+    repeated ``n_steps`` times at the current time. The rule needs the norms to concentrate: in
+    d <= 2 dimensions E[1/||s||^2] is infinite near a mode and single examples take huge steps; use
+    :func:`annealed_langevin` there. alpha_i is the process's discrete ``alphas`` at
+    the nearest step (1 for VE), so it runs on sub-VP too. Norms are per example (the original
+    averaged them over the batch and all devices, coupling the samples).
+    """
+    if n_steps < 1 or snr <= 0:
+        raise ValueError(f"langevin needs n_steps >= 1 and snr > 0; got n_steps={n_steps}, snr={snr}")
+
+    def update(keys, x, state, t, t_next, score_fn):
+        alpha = sde.alphas[sde.timestep_index(t)]
+
+        def step_size(grad, z):
+            ratio = _per_example_norm(z) / jnp.maximum(_per_example_norm(grad), 1e-20)
+            return 2.0 * alpha * (snr * ratio) ** 2
+
+        x, x_mean = _langevin_loop(keys, x, t, score_fn, n_steps, step_size)
+        return x, x_mean, state
+
+    return Step(stateless_init, update, nfe=n_steps, sde=sde, moves_time=False, name="langevin")
+
+
+def annealed_langevin(sde: SDE, snr: float = 0.16, n_steps: int = 1) -> Step:
+    """Annealed Langevin dynamics (NCSN): eps = 2 alpha_i (snr sigma(t))^2 with the marginal std sigma(t)."""
+    if n_steps < 1 or snr <= 0:
+        raise ValueError(f"annealed_langevin needs n_steps >= 1 and snr > 0; got n_steps={n_steps}, snr={snr}")
+
+    def update(keys, x, state, t, t_next, score_fn):
+        alpha = sde.alphas[sde.timestep_index(t)]
+        _, sigma = sde.marginal_coeffs(t)
+        eps = 2.0 * alpha * (snr * sigma) ** 2
+        x, x_mean = _langevin_loop(keys, x, t, score_fn, n_steps, lambda grad, z: eps)
+        return x, x_mean, state
+
+    return Step(stateless_init, update, nfe=n_steps, sde=sde, moves_time=False, name="annealed_langevin")

@@ -1,0 +1,331 @@
+"""Samplers against the exact Gaussian mixture: distributions, convergence orders, batch
+independence, NFE accounting and input errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import batch_check
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import MixtureCheck, mixture_16d, mixture_2d, x64
+
+from diffjax import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from diffjax import samplers as S
+
+PROCESSES = {"ve": VESDE(), "vp": VPSDE(), "subvp": SubVPSDE()}
+N_SAMPLES = 2000
+
+# (label, step name, options, time grid, steps): high enough NFE that the discretisation error is
+# below the Monte-Carlo error of 2000 samples.
+CONFIGS = [
+    ("euler_maruyama", "euler_maruyama", {}, "uniform", 1000),
+    ("reverse_diffusion", "reverse_diffusion", {}, "uniform", 1000),
+    ("ancestral", "ancestral_sampling", {}, "uniform", 1000),
+    ("pc_annealed", "pc", {"corrector": "annealed_langevin", "snr": 0.16}, "uniform", 500),
+    ("ode_euler", "ode_euler", {}, "uniform", 1000),
+    ("ode_heun", "ode_heun", {}, "uniform", 200),
+    ("ode_rk4", "ode_rk4", {}, "uniform", 100),
+    ("ddim", "ddim", {}, "log_snr", 500),
+    ("ddim_eta1", "ddim", {"eta": 1.0}, "log_snr", 1000),
+    ("edm_heun", "edm_heun", {}, "karras", 100),
+    ("edm_churn", "edm_heun", {"S_churn": 30.0, "num_steps": 400}, "karras", 400),
+    ("dpmpp_2m", "dpmpp_2m", {}, "log_snr", 200),
+    ("dpmpp_2m_sde", "dpmpp_2m_sde", {}, "log_snr", 1000),
+]
+
+_CHECKS = {}
+
+
+def checker(dim):
+    if dim not in _CHECKS:
+        _CHECKS[dim] = MixtureCheck(mixture_2d() if dim == 2 else mixture_16d(), N_SAMPLES)
+    return _CHECKS[dim]
+
+
+def run_config(sde, gm, cfg, key=jax.random.PRNGKey(7)):
+    label, name, opts, grid, steps = cfg
+    step = S.get_step(name, sde, **opts)
+    x_init = S.prior_sample(sde, key, (N_SAMPLES, gm.dim))
+    return S.sample(step, gm.score_fn(sde), key, x_init, S.TIME_GRIDS[grid](sde, steps))
+
+
+@pytest.mark.parametrize("proc", PROCESSES)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_samplers_reproduce_a_2d_mixture(proc, cfg):
+    sde = PROCESSES[proc]
+    x, _ = run_config(sde, mixture_2d(), cfg)
+    checker(2).check(x, f"{proc}/{cfg[0]}")
+
+
+# Langevin with the snr rule is unadjusted MCMC: its bias grows with snr (0.16 is the paper's value
+# for 3072-dimensional CIFAR-10). It needs d > 2 (see `langevin`), hence 16-D only.
+CONFIGS_16D = CONFIGS + [("pc_langevin", "pc", {"corrector": "langevin", "snr": 0.05}, "uniform", 500)]
+
+
+@pytest.mark.parametrize("proc", ["vp", "ve"])
+@pytest.mark.parametrize("cfg", CONFIGS_16D, ids=[c[0] for c in CONFIGS_16D])
+def test_samplers_reproduce_a_16d_mixture(proc, cfg):
+    sde = PROCESSES[proc]
+    x, _ = run_config(sde, mixture_16d(), cfg)
+    checker(16).check(x, f"{proc}/{cfg[0]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", CONFIGS_16D, ids=[c[0] for c in CONFIGS_16D])
+def test_samplers_reproduce_a_16d_mixture_subvp(cfg):
+    x, _ = run_config(PROCESSES["subvp"], mixture_16d(), cfg)
+    checker(16).check(x, f"subvp/{cfg[0]}")
+
+
+@pytest.mark.parametrize("proc", PROCESSES)
+@pytest.mark.parametrize("dim", [2, 16])
+def test_adaptive_ode_reproduces_the_mixture(proc, dim):
+    sde = PROCESSES[proc]
+    gm = mixture_2d() if dim == 2 else mixture_16d()
+    key = jax.random.PRNGKey(7)
+    x_init = S.prior_sample(sde, key, (N_SAMPLES, dim))
+    x, nfe = S.ode_sample(sde, gm.score_fn(sde), key, x_init, rtol=1e-4, atol=1e-4)
+    checker(dim).check(x, f"{proc}/adaptive")
+    assert nfe.shape == (N_SAMPLES,) and int(nfe.min()) > 10
+
+
+# ----------------------------------------------------------------------------------------------
+# convergence orders, against the exact probability-flow map of Gaussian data
+
+
+def _exact_flow(sde, m, lam, x_t, t, s):
+    """The PF-ODE map of N(m, diag(lam)) data from t to s: x_s = a_s m + sqrt(V_s / V_t) (x_t - a_t m)."""
+    a_t, sig_t = sde.marginal_coeffs(t)
+    a_s, sig_s = sde.marginal_coeffs(s)
+    v_t, v_s = a_t**2 * lam + sig_t**2, a_s**2 * lam + sig_s**2
+    return a_s * m + jnp.sqrt(v_s / v_t) * (x_t - a_t * m)
+
+
+ORDER_CASES = [
+    ("ode_euler", "uniform", 1.0),
+    ("ode_heun", "uniform", 2.0),
+    ("ode_rk4", "uniform", 4.0),
+    ("ddim", "log_snr", 1.0),
+    ("dpmpp_2m", "log_snr", 2.0),
+    ("edm_heun", "karras", 2.0),
+]
+
+
+@pytest.mark.parametrize("name,grid,order", ORDER_CASES, ids=[c[0] for c in ORDER_CASES])
+@pytest.mark.parametrize("proc", ["vp", "ve"])
+def test_ode_solvers_converge_at_their_order(name, grid, order, proc):
+    """Error at t = eps after n steps (no denoising), against the exact flow; fitted log-log slope
+    within 0.3 of -order (float64)."""
+    sde = PROCESSES[proc]
+    with x64():
+        m, lam = jnp.array([0.5, -1.0]), jnp.array([0.25, 1.5])
+        gm = GaussianMixture(jnp.ones(1), m[None], jnp.diag(lam)[None])
+        x_init = sde.prior_std * jax.random.normal(jax.random.PRNGKey(0), (64, 2), jnp.float64)
+        ns = [16, 32, 64, 128] if order < 4 else [24, 32, 48, 64]
+        errs = []
+        for n in ns:
+            ts = S.TIME_GRIDS[grid](sde, n).astype(jnp.float64)
+            exact = _exact_flow(sde, m, lam, x_init, ts[0], ts[-1])
+            x, _ = S.sample(S.get_step(name, sde), gm.score_fn(sde), jax.random.PRNGKey(1), x_init, ts, denoise=False)
+            errs.append(float(jnp.sqrt(jnp.mean((x - exact) ** 2))))
+    slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
+    print(f"{proc} {name}: errors {['%.2e' % e for e in errs]}, slope {slope:.2f}")
+    assert abs(slope + order) < 0.3, (errs, slope)
+
+
+def test_euler_maruyama_has_weak_order_one():
+    """E[x^2] at t = eps of 1-D Gaussian data under VP: the error of EM falls like 1/n."""
+    sde = VPSDE()
+    m, v = 0.5, 0.3
+    gm = GaussianMixture(jnp.ones(1), jnp.array([[m]]), jnp.array([[[v]]]))
+    eps = sde.sampling_eps
+    a, s = sde.marginal_coeffs(jnp.float32(eps))
+    exact = float((a * m) ** 2 + a**2 * v + s**2)
+    n_paths = 4_000_000
+    x_init = S.prior_sample(sde, jax.random.PRNGKey(0), (n_paths, 1))
+    ns, errs = [8, 16, 32, 64], []
+    for n in ns:
+        x, _ = S.sample(S.euler_maruyama(sde), gm.score_fn(sde), jax.random.PRNGKey(n), x_init,
+                        S.uniform_timesteps(sde, n), denoise=False)
+        errs.append(abs(float(jnp.mean(x.astype(jnp.float32) ** 2)) - exact))
+    se = 2.0 * math.sqrt(2.0 / n_paths)  # MC error of the second moment, generously
+    slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
+    print(f"EM weak errors {['%.4f' % e for e in errs]}, slope {slope:.2f}, MC error ~{se:.4f}")
+    assert errs[-1] > 3 * se  # the bias is still resolved at the finest grid
+    assert abs(slope + 1.0) < 0.3, (errs, slope)
+
+
+# ----------------------------------------------------------------------------------------------
+# batch independence, NFE, composition, sharding
+
+
+ALL_STEPS = batch_check.STEPS
+
+
+def test_an_example_is_the_same_random_variable_alone_and_in_a_batch():
+    """Per-example keys: example 3 of a batch of 7 and the same example alone follow the same noise.
+    A wrong keying would move the sample by O(1); what remains is rounding (see the next test)."""
+    diffs = batch_check.differences()
+    assert max(v for k, v in diffs.items() if k != "adaptive_ode") < 2e-5, diffs
+    assert diffs["adaptive_ode"] < 1e-3, diffs
+
+
+def test_an_example_is_bit_identical_alone_and_in_a_batch():
+    """Bit-identical, in a process whose XLA may not emit fused multiply-adds. With FMA on, XLA's
+    CPU backend vectorises the batch-1 and batch-7 programs differently and contracts a*b - c into
+    one rounding in one of them only, so the last bit can differ; the sampler itself is per example."""
+    env = dict(os.environ, XLA_FLAGS="--xla_cpu_max_isa=SSE4_2", JAX_PLATFORMS="cpu")
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    script = os.path.join(os.path.dirname(__file__), "batch_check.py")
+    out = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    diffs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(diffs) == len(ALL_STEPS) + 1
+    # Known exceptions, equal up to rounding only: the adaptive ODE (each example's accept/reject
+    # decisions can flip on a last-bit difference; the change is bounded by the tolerance) and the
+    # Langevin corrector (its per-example norms are reduced inside fusions that XLA lays out by
+    # batch size).
+    inexact = {k: v for k, v in diffs.items() if k == "adaptive_ode" or k.startswith("3:langevin")}
+    exact = {k: v for k, v in diffs.items() if k not in inexact}
+    assert all(v == 0.0 for v in exact.values()), exact
+    assert inexact["adaptive_ode"] < 1e-3 and inexact["3:langevin+reverse_diffusion"] < 1e-5, inexact
+
+
+def _counting(score_fn):
+    count = {"n": 0}
+
+    def bump():
+        count["n"] += 1
+
+    def counted(x, t):
+        jax.debug.callback(bump)
+        return score_fn(x, t)
+
+    return counted, count
+
+
+@pytest.mark.parametrize("name,opts", ALL_STEPS + [("pc", {"n_steps": 3})],
+                         ids=[f"{n}{i}" for i, (n, _) in enumerate(ALL_STEPS + [("pc", {})])])
+@pytest.mark.parametrize("denoise", [True, False])
+def test_nfe_is_counted_right(name, opts, denoise):
+    sde, gm = VESDE(), mixture_2d()
+    counted, count = _counting(gm.score_fn(sde))
+    step = S.get_step(name, sde, **opts)
+    x, nfe = S.sample(step, counted, jax.random.PRNGKey(0), S.prior_sample(sde, jax.random.PRNGKey(0), (3, 2)),
+                      S.uniform_timesteps(sde, 5), denoise=denoise)
+    jax.block_until_ready(x)
+    jax.effects_barrier()
+    assert int(nfe) == count["n"] == 5 * step.nfe + int(denoise)
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5"])
+@pytest.mark.parametrize("per_example", [True, False])
+def test_adaptive_nfe_is_counted_right(method, per_example):
+    sde, gm = VPSDE(), mixture_2d()
+    counted, count = _counting(gm.score_fn(sde))
+    x, nfe = S.ode_sample(sde, counted, None, S.prior_sample(sde, jax.random.PRNGKey(1), (1 if per_example else 5, 2)),
+                          method=method, per_example=per_example)
+    jax.block_until_ready(x)
+    jax.effects_barrier()
+    assert int(nfe[0]) == count["n"]
+
+
+def test_corrector_order_in_a_chain():
+    """A corrector before the predictor works at t, after it at t_next."""
+    sde = VPSDE()
+    seen = []
+
+    def probe_update(keys, x, state, t, t_next, score_fn):
+        seen.append(("c", t))
+        return x, x, state
+
+    corrector = S.Step(lambda x: (), probe_update, nfe=0, sde=sde, moves_time=False, name="probe")
+
+    def pred_update(keys, x, state, t, t_next, score_fn):
+        seen.append(("p", t))
+        return x, x, state
+
+    predictor = S.Step(lambda x: (), pred_update, nfe=0, sde=sde, name="pred")
+    t, t_next = jnp.full((2,), 0.8), jnp.full((2,), 0.5)
+    keys = S.example_keys(jax.random.PRNGKey(0), 2)
+    S.chain(corrector, predictor).update(keys, jnp.zeros((2, 1)), ((), ()), t, t_next, None)
+    S.chain(predictor, corrector).update(keys, jnp.zeros((2, 1)), ((), ()), t, t_next, None)
+    assert [(k, round(float(v[0]), 6)) for k, v in seen] == [("c", 0.8), ("p", 0.8), ("p", 0.8), ("c", 0.5)]
+
+
+def test_sampling_works_on_sharded_inputs_and_under_vmap():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    sde, gm = VPSDE(), mixture_2d()
+    step = S.dpmpp_2m_sde(sde)
+    ts = S.log_snr_timesteps(sde, 10)
+    key = jax.random.PRNGKey(5)
+    x_init = S.prior_sample(sde, key, (16, 2))
+    plain, _ = S.sample(step, gm.score_fn(sde), key, x_init, ts)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharded_init = jax.device_put(x_init, NamedSharding(mesh, PartitionSpec("data")))
+    sharded, _ = S.sample(step, gm.score_fn(sde), key, sharded_init, ts)
+    np.testing.assert_allclose(np.asarray(sharded), np.asarray(plain), rtol=1e-6, atol=1e-6)
+    many = jax.vmap(lambda k: S.sample(step, gm.score_fn(sde), k, x_init, ts)[0])(jax.random.split(key, 3))
+    assert many.shape == (3, 16, 2)
+    single, _ = S.sample(step, gm.score_fn(sde), jax.random.split(key, 3)[0], x_init, ts)
+    np.testing.assert_allclose(np.asarray(many[0]), np.asarray(single), rtol=1e-5, atol=1e-6)
+
+
+def test_time_grids():
+    for proc, sde in PROCESSES.items():
+        for name, grid in S.TIME_GRIDS.items():
+            ts = np.asarray(grid(sde, 10))
+            assert ts.shape == (11,) and ts[0] == 1.0 and np.isclose(ts[-1], sde.sampling_eps), (proc, name)
+            assert np.all(np.diff(ts) < 0), (proc, name)
+        lam = np.asarray(sde.log_snr(S.log_snr_timesteps(sde, 10)), np.float64)
+        np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=2e-3)
+        sig = np.exp(-np.asarray(sde.log_snr(S.karras_timesteps(sde, 10)), np.float64))
+        np.testing.assert_allclose(np.diff(sig ** (1 / 7)), np.diff(sig ** (1 / 7))[0], rtol=2e-3)
+    np.testing.assert_allclose(S.quadratic_timesteps(VPSDE(), 4, eps=0.01),
+                               0.01 + 0.99 * np.array([1, 0.5625, 0.25, 0.0625, 0.0]), rtol=1e-6)
+
+
+def test_bad_inputs_raise_clear_errors():
+    sde, gm = VPSDE(), mixture_2d()
+    step, sf, key = S.euler_maruyama(sde), gm.score_fn(sde), jax.random.PRNGKey(0)
+    x = jnp.zeros((4, 2))
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        S.sample(step, sf, key, x, jnp.array([0.1, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="1-D grid"):
+        S.sample(step, sf, key, x, jnp.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"lie in \(0, T\]"):
+        S.sample(step, sf, key, x, jnp.array([1.0, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="x_init must have shape"):
+        S.sample(step, sf, key, jnp.zeros((4,)), S.uniform_timesteps(sde, 3))
+    with pytest.raises(ValueError, match="per-example keys for a batch of 4"):
+        S.sample(step, sf, jax.random.split(key, 3), x, S.uniform_timesteps(sde, 3))
+    with pytest.raises(ValueError, match="unknown sampler 'heun'.*expected one of"):
+        S.get_step("heun", sde)
+    with pytest.raises(ValueError, match="at most one predictor"):
+        S.chain(S.ode_euler(sde), S.ddim(sde))
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        S.ode_sample(sde, sf, key, x, method="rk45")
+    with pytest.raises(ValueError, match="needs num_steps"):
+        S.edm_heun(sde, S_churn=5.0)
+    with pytest.raises(TypeError, match="step must be a diffjax.samplers.Step"):
+        S.sample("ddim", sf, key, x, S.uniform_timesteps(sde, 3))
+    with pytest.raises(ValueError, match="number of steps"):
+        S.uniform_timesteps(sde, 0)
+
+
+def test_sample_compiles_once_per_shape():
+    sde, gm = VPSDE(), mixture_2d()
+    step, score_fn = S.ddim(sde), gm.score_fn(sde)
+    before = S.base._run._cache_size()
+    for seed in range(3):
+        key = jax.random.PRNGKey(seed)
+        S.sample(step, score_fn, key, S.prior_sample(sde, key, (4, 2)), S.uniform_timesteps(sde, 5))
+    assert S.base._run._cache_size() == before + 1
+    S.sample(step, score_fn, key, S.prior_sample(sde, key, (6, 2)), S.uniform_timesteps(sde, 5))
+    assert S.base._run._cache_size() == before + 2
