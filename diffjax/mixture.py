@@ -44,6 +44,10 @@ class GaussianMixture:
             raise ValueError(
                 f"GaussianMixture needs weights (K,), means (K, d), covs (K, d, d); got {w}, {m}, {c}"
             )
+        if not isinstance(self.covs, jax.core.Tracer):
+            # concrete covariances: decompose once, not at every score evaluation inside a solver
+            lam, u = np.linalg.eigh(np.asarray(self.covs, np.float64))
+            object.__setattr__(self, "_eig", (jnp.asarray(lam, jnp.float32), jnp.asarray(u, jnp.float32)))
 
     @property
     def num_components(self) -> int:
@@ -82,7 +86,9 @@ class GaussianMixture:
 
     def _components(self, x: Array, a: Array, s: Array) -> tuple[Array, Array]:
         """Per example and component: log pi_k N(x; a mu_k, C_k) (B, K) and C_k^{-1}(x - a mu_k) (B, K, d)."""
-        lam, u = jnp.linalg.eigh(self.covs)  # (K, d), (K, d, d)
+        eig = getattr(self, "_eig", None)
+        lam, u = eig if eig is not None else jnp.linalg.eigh(self.covs)  # (K, d), (K, d, d)
+        lam, u = lam.astype(x.dtype), u.astype(x.dtype)
         var = a[:, None, None] ** 2 * lam[None] + s[:, None, None] ** 2  # (B, K, d)
         diff = x[:, None, :] - a[:, None, None] * self.means[None]  # (B, K, d)
         proj = jnp.einsum("kji,bkj->bki", u, diff)  # U^T diff

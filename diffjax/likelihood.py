@@ -1,0 +1,229 @@
+"""Log-likelihoods and bits/dim through the probability-flow ODE, on device and differentiable.
+
+With the probability-flow drift f~(x, t) = f(t) x - g(t)^2 s(x, t) / 2, the instantaneous change of
+variables gives along the flow x(t) (Chen et al. 2018; Song et al. 2021, eq. 39)
+
+    log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt.
+
+:func:`log_likelihood` integrates the augmented state [x, int div f~] from eps to T with diffrax
+inside jit and returns logp = prior_logp(x(T)) + int div f~: the exact log-density of the model's
+t = eps marginal when the score is exact, up to the prior mismatch log p_T - prior_logp (which is
+negligible for VP and sub-VP at T = 1, and not for VE with a small sigma_max).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.samplers.base import _ByIdentity, _per_example_keys
+from diffjax.samplers.ode import _EVALS_AT_START, _EVALS_PER_STEP, _SOLVERS, probability_flow_drift
+from diffjax.sde import SDE
+
+Array = jax.Array
+
+__all__ = ["DIVERGENCES", "log_likelihood", "bits_per_dim", "dequantize"]
+
+DIVERGENCES = ("rademacher", "gaussian", "exact")
+
+
+def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method):
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a diffjax process (VESDE, VPSDE, SubVPSDE); got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError("score_fn must be callable score_fn(x, t)")
+    if jnp.ndim(x) < 2:
+        raise ValueError(f"x must have shape (batch, *data_dims) with at least one data dim; got {jnp.shape(x)}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+    if not isinstance(n_probes, int) or n_probes < 1:
+        raise ValueError(f"n_probes must be an integer >= 1; got {n_probes!r}")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be > 0; got rtol={rtol}, atol={atol}")
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
+    if method not in _SOLVERS:
+        raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_SOLVERS)}")
+
+
+def log_likelihood(
+    key: Array,
+    sde: SDE,
+    score_fn,
+    x: Array,
+    *,
+    divergence: str = "rademacher",
+    n_probes: int = 1,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: float = 1e-5,
+    method: str = "tsit5",
+    max_steps: int = 4096,
+    per_example: bool = True,
+):
+    """Log-density log p_eps(x) (nats) of each example under the probability-flow ODE.
+
+    Args:
+      key: one PRNG key, or one per example (shape (batch,)), for the divergence probes. Example i's
+        probes come from fold_in(key, i), so results do not depend on the batch.
+      sde, score_fn: the process and ``score_fn(x, t)``.
+      x: data at t = eps in the model's space, shape (batch, *data_dims).
+      divergence: "rademacher" or "gaussian" (Hutchinson–Skilling: div f~ ~ v^T (df~/dx) v with a
+        probe v drawn once and fixed over the whole solve, averaged over ``n_probes`` probes; one
+        Jacobian-vector product each) or "exact" (the trace of the full Jacobian: d products; for
+        low dimension).
+      rtol, atol: the PID controller's tolerances; the error norm covers x and the integral.
+      eps: start time (1e-5, as the original).
+      method: "tsit5" or "dopri5".
+
+    Each example is solved with its own step-size control (vmapped solve), so its result does not
+    depend on its batch; ``per_example=False`` solves the batch as one system with one error norm
+    (the original's design: fewer steps for large batches, accuracy controlled only on average
+    over the batch, results coupled across the batch). Differentiable with
+    ``jax.grad`` in x and in anything the score closes over: gradients flow through the solver's
+    steps (diffrax's RecursiveCheckpointAdjoint, discretise-then-optimise).
+
+    Returns ``(logp, z, nfe)``: logp (batch,) = prior_logp(z) + int_eps^T div f~ dt; z = x(T), the
+    latent (shape of x); nfe (batch,): evaluations of the augmented vector field per example (each
+    is one score evaluation with ``n_probes`` JVPs, or d for "exact").
+    """
+    _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method)
+    keys = _per_example_keys(key, jnp.shape(x)[0])
+    return _log_likelihood(
+        _ByIdentity(score_fn), sde, keys, jnp.asarray(x), divergence, int(n_probes), float(rtol), float(atol),
+        float(eps), method, int(max_steps), bool(per_example),
+    )
+
+
+def _probes(keys: Array, shape, n_probes: int, divergence: str, dtype) -> Array:
+    def draw(k):
+        if divergence == "gaussian":
+            return jax.random.normal(k, (n_probes,) + shape, dtype)
+        return jax.random.rademacher(k, (n_probes,) + shape, dtype)
+
+    return jax.vmap(draw)(keys)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9, 10, 11))
+def _log_likelihood(score_box, sde, keys, x, divergence, n_probes, rtol, atol, eps, method, max_steps, per_example):
+    score_fn = score_box.obj
+    data_shape = x.shape[1:]
+    d = math.prod(data_shape)
+    probes = _probes(keys, data_shape, n_probes, divergence, x.dtype)
+
+    def augmented(t, y, probe):
+        """(f~(y, t), div f~) for a batch y (n, *data_shape) and its probes (n, n_probes, *data_shape)."""
+        n = y.shape[0]
+        t_b = jnp.full((n,), t, y.dtype)
+
+        def drift(y_):
+            return probability_flow_drift(sde, score_fn, y_, t_b)
+
+        drift_y, jvp = jax.linearize(drift, y)
+        if divergence == "exact":  # column i of every example's Jacobian is J e_i
+            basis = jnp.broadcast_to(jnp.eye(d, dtype=y.dtype).reshape((d, 1) + data_shape), (d, n) + data_shape)
+            cols = jax.vmap(jvp)(basis).reshape(d, n, d)
+            div = jnp.einsum("ini->n", cols)
+        else:
+            v = jnp.moveaxis(probe, 1, 0)  # (n_probes, n, ...)
+            jv = jax.vmap(jvp)(v)
+            div = jnp.mean(jnp.sum((v * jv).reshape(n_probes, n, -1), axis=2), axis=0)
+        return drift_y, div
+
+    def solve(x0, probe):
+        def vector_field(t, state, args):
+            return augmented(t, state[0], probe)
+
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(vector_field), _SOLVERS[method](), t0=eps, t1=sde.T, dt0=None,
+            y0=(x0, jnp.zeros(x0.shape[:1], x0.dtype)), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, adjoint=diffrax.RecursiveCheckpointAdjoint(),
+        )
+        z, delta = sol.ys
+        return z[0], delta[0], sol.stats["num_steps"]
+
+    if per_example:  # a batch of one per solve, vmapped: every example has its own step control
+        z, delta, steps = jax.vmap(lambda x1, p1: solve(x1[None], p1[None]))(x, probes)
+        z, delta = z[:, 0], delta[:, 0]
+    else:
+        z, delta, steps = solve(x, probes)
+        steps = jnp.full((x.shape[0],), steps)
+    logp = sde.prior_logp(z) + delta
+    nfe = _EVALS_AT_START + _EVALS_PER_STEP[method] * steps
+    return logp, z, nfe.astype(jnp.int32)
+
+
+def dequantize(key: Array, x: Array, levels: int, data_range=(-1.0, 1.0)) -> Array:
+    """Uniform dequantisation of integer data k in {0, ..., levels-1} into the model's range:
+    x~ = lo + (hi - lo) (k + u) / levels, u ~ U[0, 1)^d, one key per example (see log_likelihood)."""
+    lo, hi = data_range
+    keys = _per_example_keys(key, jnp.shape(x)[0])
+    u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], jnp.float32))(keys)
+    return lo + (hi - lo) * (jnp.asarray(x, jnp.float32) + u) / levels
+
+
+def _check_levels(x, levels, data_range):
+    if not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be an integer >= 2 (256 for 8-bit images, 17 for digits); got {levels!r}")
+    lo, hi = data_range
+    if not hi > lo:
+        raise ValueError(f"data_range must be (lo, hi) with hi > lo; got {data_range}")
+    if isinstance(x, jax.core.Tracer):
+        return
+    v = np.asarray(x)
+    if v.size and (v.min() < 0 or v.max() > levels - 1 or not np.all(v == np.round(v))):
+        raise ValueError(
+            f"bits_per_dim takes integer data in {{0, ..., {levels - 1}}} for levels={levels}; got values in "
+            f"[{v.min()}, {v.max()}]{'' if np.all(v == np.round(v)) else ' that are not whole numbers'}"
+        )
+
+
+def bits_per_dim(
+    key: Array,
+    sde: SDE,
+    score_fn,
+    x: Array,
+    *,
+    levels: int = 256,
+    data_range=(-1.0, 1.0),
+    num_dequantizations: int = 1,
+    **kwargs,
+):
+    """Bits per dimension of discrete data under the model, with uniform dequantisation.
+
+    ``x`` holds integer levels k in {0, ..., levels-1} (e.g. raw uint8 pixels, or digits' 0..16 with
+    ``levels=17``); the model works on x~ = lo + (hi - lo) (k + u) / levels with
+    (lo, hi) = ``data_range``. With d = number of dimensions and K = ``num_dequantizations`` draws
+    u_1..u_K,
+
+        log P(k) >= log (1/K) sum_j p(x~_j) + d log((hi - lo) / levels)         (nats)
+        bpd       = -[log (1/K) sum_j p(x~_j) + d log(hi - lo) - d log(levels)] / (d ln 2)
+
+    The second term is the Jacobian of the map from the unit bin to the model's range, the third
+    the bin volume: no magic offset (the original's "+8" is log2(256) for data in [0, 1]).
+    K = 1 is the variational dequantisation bound; K > 1 its tighter importance-weighted
+    (log-mean-exp) version. In expectation over u the bound is an upper bound on the true bpd and
+    never negative for a normalised density.
+
+    Extra keyword arguments go to :func:`log_likelihood`. Returns ``(bpd, nfe)``, each (batch,).
+    """
+    _check_levels(x, levels, data_range)
+    if not isinstance(num_dequantizations, int) or num_dequantizations < 1:
+        raise ValueError(f"num_dequantizations must be an integer >= 1; got {num_dequantizations!r}")
+    lo, hi = data_range
+    keys = _per_example_keys(key, jnp.shape(x)[0])
+    logps, nfe = [], 0
+    for j in range(num_dequantizations):
+        k_deq, k_probe = (jax.vmap(lambda k, i=i: jax.random.fold_in(jax.random.fold_in(k, j), i))(keys) for i in (0, 1))
+        logp, _, nfe_j = log_likelihood(k_probe, sde, score_fn, dequantize(k_deq, x, levels, data_range), **kwargs)
+        logps.append(logp)
+        nfe = nfe + nfe_j
+    log_px = jax.nn.logsumexp(jnp.stack(logps), axis=0) - math.log(num_dequantizations)
+    d = math.prod(jnp.shape(x)[1:])
+    log_pk = log_px + d * (math.log(hi - lo) - math.log(levels))
+    return -log_pk / (d * math.log(2.0)), nfe
