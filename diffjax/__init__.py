@@ -1,6 +1,6 @@
 """diffjax: score-based generative modelling through SDEs, in JAX."""
 
-from diffjax import losses, mixture, samplers, score, sde
+from diffjax import likelihood, losses, mixture, samplers, score, sde
 from diffjax.mixture import GaussianMixture
 from diffjax.sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
@@ -13,6 +13,7 @@ __all__ = [
     "SubVPSDE",
     "ReverseSDE",
     "GaussianMixture",
+    "likelihood",
     "losses",
     "mixture",
     "samplers",
