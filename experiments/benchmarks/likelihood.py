@@ -22,23 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
 from helpers import mixture_16d  # noqa: E402
 
 from diffjax import VPSDE  # noqa: E402
+from timing import median_time  # noqa: E402
 from diffjax.likelihood import log_likelihood  # noqa: E402
 from diffjax.samplers import example_keys, probability_flow_drift  # noqa: E402
 
 EPS = 1e-5
-
-
-def timeit(fn, repeats):
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def make_augmented_drift(sde, score_fn, batch, dim, probes, divergence):
@@ -107,7 +99,7 @@ def run(batch, tols, repeats):
     for divergence in ("exact", "rademacher"):
         for tol in tols:
             aug = make_augmented_drift(sde, score_fn, batch, 16, probes, divergence)
-            t_scipy = timeit(lambda: scipy_log_likelihood(sde, aug, x, tol)[0], repeats)
+            t_scipy = median_time(lambda: scipy_log_likelihood(sde, aug, x, tol)[0], repeats)
             lp_s, z_s, nfe_s = scipy_log_likelihood(sde, aug, x, tol)
 
             def ours():
@@ -116,9 +108,9 @@ def run(batch, tols, repeats):
             t0 = time.perf_counter()
             jax.block_until_ready(ours())
             t_compile = time.perf_counter() - t0
-            t_ours = timeit(lambda: ours()[0], repeats)
+            t_ours = median_time(lambda: ours()[0], repeats)
             lp_o, z_o, nfe_o = ours()
-            t_batch = timeit(lambda: log_likelihood(key, sde, score_fn, x, divergence=divergence, rtol=tol, atol=tol,
+            t_batch = median_time(lambda: log_likelihood(key, sde, score_fn, x, divergence=divergence, rtol=tol, atol=tol,
                                                     per_example=False)[0], repeats)
             lp_b, z_b, nfe_b = log_likelihood(key, sde, score_fn, x, divergence=divergence, rtol=tol, atol=tol, per_example=False)
             print(f"{divergence:<11}{tol:>7.0e} | {1e3 * t_scipy:>9.1f}{nfe_s:>6}{err(lp_s, z_s):>12.1e} | "

@@ -25,9 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
 from helpers import MixtureCheck, mixture_2d, mmd2, x64  # noqa: E402
 
 from diffjax import VPSDE  # noqa: E402
+from timing import median_time  # noqa: E402
 from diffjax import samplers as S  # noqa: E402
 from diffjax.models import MLPScoreNet  # noqa: E402
 from diffjax.losses import get_dsm_loss_fn  # noqa: E402
@@ -48,16 +50,6 @@ SAMPLERS = [
     ("dpmpp_2m", {}, "log_snr"),
     ("dpmpp_2m_sde", {}, "log_snr"),
 ]
-
-
-def timeit(fn, repeats=5):
-    jax.block_until_ready(fn())  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def accuracy_table(n_samples, budgets):
@@ -118,7 +110,7 @@ def overhead(batch, width, n_steps):
     x_init = S.prior_sample(sde, key, (batch, 2))
     t = jnp.full((batch,), 0.5)
     one_call = jax.jit(score_fn)
-    t_call = timeit(lambda: one_call(x_init, t), repeats=20)
+    t_call = median_time(lambda: one_call(x_init, t), repeats=20)
 
     @jax.jit
     def scan_calls(x):
@@ -127,14 +119,14 @@ def overhead(batch, width, n_steps):
 
         return jax.lax.scan(body, x, None, length=n_steps)[0]
 
-    t_scan = timeit(lambda: scan_calls(x_init))
+    t_scan = median_time(lambda: scan_calls(x_init))
     print(f"\n2. Overhead, MLP 3x{width} on a batch of {batch} (CPU): one jitted network call {1e3 * t_call:.3f} ms; "
           f"a scan of {n_steps} bare network calls {1e3 * t_scan:.1f} ms")
     print(f"   {'sampler':<18}{'NFE':>6}{'wall ms':>10}{'/ (NFE x call)':>16}{'/ bare scan':>13}")
     for label, opts, grid in [s for s in SAMPLERS if s[0] in ("euler_maruyama", "ode_heun", "ddim", "dpmpp_2m", "dpmpp_2m_sde")]:
         step = S.get_step(label, sde, **opts)
         ts = S.TIME_GRIDS[grid](sde, n_steps // step.nfe)
-        wall = timeit(lambda: S.sample(step, score_fn, key, x_init, ts, denoise=False)[0])
+        wall = median_time(lambda: S.sample(step, score_fn, key, x_init, ts, denoise=False)[0])
         nfe = (n_steps // step.nfe) * step.nfe
         print(f"   {label:<18}{nfe:>6}{1e3 * wall:>10.1f}{wall / (nfe * t_call):>16.3f}{wall / t_scan * n_steps / nfe:>13.3f}")
 
@@ -166,7 +158,7 @@ def host_designs(label, sde, score_fn, x_init, n_steps, tol):
     def scan():
         return S.sample(step, score_fn, key, x_init, ts, denoise=False)[0]
 
-    t_host, t_scan = timeit(host_loop, repeats=3), timeit(scan, repeats=3)
+    t_host, t_scan = median_time(host_loop, repeats=3), median_time(scan, repeats=3)
     same = np.allclose(np.asarray(host_loop()), np.asarray(scan()), atol=1e-4)
     print(f"   Euler-Maruyama, {n_steps} steps: host loop {1e3 * t_host:.0f} ms, one scan {1e3 * t_scan:.0f} ms, "
           f"ratio {t_host / t_scan:.2f}x (same samples: {same})")
@@ -189,7 +181,7 @@ def host_designs(label, sde, score_fn, x_init, n_steps, tol):
         ref, _ = S.ode_sample(sde, score_fn, None, jnp.asarray(x_init, jnp.float64), rtol=1e-10, atol=1e-10,
                               denoise=False, max_steps=100_000)
         ref = np.asarray(ref, np.float64)
-    t_scipy = timeit(lambda: scipy_solve(tol), repeats=3)
+    t_scipy = median_time(lambda: scipy_solve(tol), repeats=3)
     x_scipy = scipy_solve(tol)
     nfe_scipy = counter["n"]
 
@@ -199,7 +191,7 @@ def host_designs(label, sde, score_fn, x_init, n_steps, tol):
     t0 = time.perf_counter()
     jax.block_until_ready(jax.jit(lambda x: S.ode_sample(sde, score_fn, None, x, rtol=tol, atol=tol, denoise=False)[0])(x_init + 0.0))
     t_compile = time.perf_counter() - t0
-    t_ours = timeit(lambda: ours()[0], repeats=3)
+    t_ours = median_time(lambda: ours()[0], repeats=3)
     x_ours, nfe_ours = ours()
 
     def err(x):
@@ -209,7 +201,7 @@ def host_designs(label, sde, score_fn, x_init, n_steps, tol):
           f"relative RMS error {err(x_scipy):.1e}")
     print(f"   {'':>27}diffrax Tsit5 in jit {1e3 * t_ours:.0f} ms, NFE {int(nfe_ours.max())} (max over examples), "
           f"relative RMS error {err(x_ours):.1e}; compile {t_compile:.1f} s")
-    t_batch = timeit(lambda: S.ode_sample(sde, score_fn, None, x_init, rtol=tol, atol=tol, denoise=False, per_example=False)[0], repeats=3)
+    t_batch = median_time(lambda: S.ode_sample(sde, score_fn, None, x_init, rtol=tol, atol=tol, denoise=False, per_example=False)[0], repeats=3)
     x_b, nfe_b = S.ode_sample(sde, score_fn, None, x_init, rtol=tol, atol=tol, denoise=False, per_example=False)
     print(f"   {'':>27}diffrax Tsit5, one error norm for the batch (per_example=False) {1e3 * t_batch:.0f} ms, "
           f"NFE {int(nfe_b[0])}, relative RMS error {err(x_b):.1e}")
