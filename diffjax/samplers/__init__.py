@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from diffjax.samplers.base import Step, chain, example_keys, prior_sample, sample, tweedie_denoise
-from diffjax.samplers.fast import ddim, denoiser, dpmpp_2m, dpmpp_2m_sde, edm_heun
+from diffjax.samplers.fast import ddim, dpmpp_2m, dpmpp_2m_sde, edm_heun
 from diffjax.samplers.grids import (
     TIME_GRIDS,
     karras_timesteps,
@@ -65,6 +65,6 @@ __all__ = [
     "Step", "chain", "sample", "example_keys", "prior_sample", "tweedie_denoise", "get_step", "STEPS",
     "euler_maruyama", "reverse_diffusion", "ancestral_sampling", "langevin", "annealed_langevin",
     "ode_euler", "ode_heun", "ode_rk4", "ode_sample", "probability_flow_drift",
-    "ddim", "denoiser", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde",
+    "ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde",
     "uniform_timesteps", "karras_timesteps", "log_snr_timesteps", "quadratic_timesteps", "TIME_GRIDS",
 ]

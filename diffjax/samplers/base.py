@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.score import x0_from_score
 from diffjax.sde import SDE
 
 Array = jax.Array
@@ -150,10 +151,10 @@ def prior_sample(sde: SDE, key: Array, shape, dtype=jnp.float32) -> Array:
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Array, t: Array) -> Array:
-    """E[x0 | x_t] = (x + sigma(t)^2 s(x, t)) / a(t), one score evaluation; t of shape (batch,)."""
+    """The denoiser D(x, t) = E[x0 | x_t] = (x + sigma(t)^2 s(x, t)) / a(t) (Tweedie), one score
+    evaluation; t of shape (batch,). Used for the final denoising step and by DDIM, EDM and DPM-Solver."""
     a, s = sde.marginal_coeffs(t)
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    return (x + jnp.reshape(s**2, shape) * score_fn(x, t)) / jnp.reshape(a, shape)
+    return x0_from_score(score_fn(x, t), x, a, s)
 
 
 class _ByIdentity:

@@ -5,7 +5,7 @@ lambda(t) = log(a / sigma):
 - the EDM Heun sampler with stochastic churn (Karras et al. 2022, Alg. 2),
 - DPM-Solver++(2M) and its stochastic variant 2M-SDE (Lu et al. 2022, "DPM-Solver++").
 
-All use the denoiser D(x, t) = E[x0 | x_t] = (x + sigma^2 s) / a (Tweedie). For any such process
+All use the denoiser D(x, t) = E[x0 | x_t] = (x + sigma^2 s) / a (Tweedie, `tweedie_denoise`). For any such process
 the probability-flow ODE reads dx/dt = (sigma'/sigma) x + lambda' a D, whose exact solution from t
 to s is x_s = (sigma_s / sigma_t) x_t + sigma_s int_{lambda_t}^{lambda_s} e^lambda D dlambda; DDIM
 and DPM-Solver approximate the integral. The EDM sampler works on x / a with noise level
@@ -19,18 +19,12 @@ import math
 import jax
 import jax.numpy as jnp
 
-from diffjax.samplers.base import Step, normal_like, stateless_init
+from diffjax.samplers.base import Step, normal_like, stateless_init, tweedie_denoise
 from diffjax.sde import SDE, expand_to
 
 Array = jax.Array
 
-__all__ = ["denoiser", "ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde"]
-
-
-def denoiser(sde: SDE, score_fn, x: Array, t: Array) -> Array:
-    """D(x, t) = (x + sigma(t)^2 s(x, t)) / a(t); t of shape (batch,)."""
-    a, s = sde.marginal_coeffs(t)
-    return (x + expand_to(s**2, x) * score_fn(x, t)) / expand_to(a, x)
+__all__ = ["ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde"]
 
 
 def ddim(sde: SDE, eta: float = 0.0) -> Step:
@@ -49,7 +43,7 @@ def ddim(sde: SDE, eta: float = 0.0) -> Step:
         a_t, s_t = sde.marginal_coeffs(t)
         a_n, s_n = sde.marginal_coeffs(t_next)
         h = sde.log_snr(t_next) - sde.log_snr(t)
-        d = denoiser(sde, score_fn, x, t)
+        d = tweedie_denoise(sde, score_fn, x, t)
         eps_hat = (x - expand_to(a_t, x) * d) / expand_to(s_t, x)
         c = eta * s_n * jnp.sqrt(-jnp.expm1(-2.0 * h))
         x_mean = expand_to(a_n, x) * d + expand_to(jnp.sqrt(jnp.maximum(s_n**2 - c**2, 0.0)), x) * eps_hat
@@ -84,7 +78,7 @@ def edm_heun(
     def d_of(y, sigma_hat, score_fn):
         t = sde.t_from_log_snr(-jnp.log(sigma_hat))
         a, _ = sde.marginal_coeffs(t)
-        d = denoiser(sde, score_fn, y * expand_to(a, y), t)
+        d = tweedie_denoise(sde, score_fn, y * expand_to(a, y), t)
         return (y - d) / expand_to(sigma_hat, y)
 
     def update(keys, x, state, t, t_next, score_fn):
@@ -132,7 +126,7 @@ def dpmpp_2m(sde: SDE) -> Step:
         _, s_t = sde.marginal_coeffs(t)
         a_n, s_n = sde.marginal_coeffs(t_next)
         h = sde.log_snr(t_next) - sde.log_snr(t)
-        d = denoiser(sde, score_fn, x, t)
+        d = tweedie_denoise(sde, score_fn, x, t)
         d_eff = d + _second_order_correction(d, state, h)
         x = expand_to(s_n / s_t, x) * x - expand_to(a_n * jnp.expm1(-h), x) * d_eff
         return x, x, (d, h, jnp.ones((), bool))
@@ -152,7 +146,7 @@ def dpmpp_2m_sde(sde: SDE) -> Step:
         _, s_t = sde.marginal_coeffs(t)
         a_n, s_n = sde.marginal_coeffs(t_next)
         h = sde.log_snr(t_next) - sde.log_snr(t)
-        d = denoiser(sde, score_fn, x, t)
+        d = tweedie_denoise(sde, score_fn, x, t)
         one_minus = -jnp.expm1(-2.0 * h)
         d_eff = d + _second_order_correction(d, state, h)
         x_mean = expand_to(s_n / s_t * jnp.exp(-h), x) * x + expand_to(a_n * one_minus, x) * d_eff
