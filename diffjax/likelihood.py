@@ -16,13 +16,12 @@ from __future__ import annotations
 import functools
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffjax.samplers.base import _ByIdentity, _per_example_keys
-from diffjax.samplers.ode import _EVALS_AT_START, _EVALS_PER_STEP, _SOLVERS, probability_flow_drift
+from diffjax.samplers.ode import check_solver_options, probability_flow_drift, solve_adaptive
 from diffjax.sde import SDE
 
 Array = jax.Array
@@ -43,12 +42,7 @@ def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, metho
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
     if not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes must be an integer >= 1; got {n_probes!r}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0; got rtol={rtol}, atol={atol}")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
-    if method not in _SOLVERS:
-        raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_SOLVERS)}")
+    check_solver_options(sde, rtol, atol, eps, method)
 
 
 def log_likelihood(
@@ -116,8 +110,9 @@ def _log_likelihood(score_box, sde, keys, x, divergence, n_probes, rtol, atol, e
     d = math.prod(data_shape)
     probes = _probes(keys, data_shape, n_probes, divergence, x.dtype)
 
-    def augmented(t, y, probe):
+    def augmented(t, state, probe):
         """(f~(y, t), div f~) for a batch y (n, *data_shape) and its probes (n, n_probes, *data_shape)."""
+        y, _ = state
         n = y.shape[0]
         t_b = jnp.full((n,), t, y.dtype)
 
@@ -135,27 +130,10 @@ def _log_likelihood(score_box, sde, keys, x, divergence, n_probes, rtol, atol, e
             div = jnp.mean(jnp.sum((v * jv).reshape(n_probes, n, -1), axis=2), axis=0)
         return drift_y, div
 
-    def solve(x0, probe):
-        def vector_field(t, state, args):
-            return augmented(t, state[0], probe)
-
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vector_field), _SOLVERS[method](), t0=eps, t1=sde.T, dt0=None,
-            y0=(x0, jnp.zeros(x0.shape[:1], x0.dtype)), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, adjoint=diffrax.RecursiveCheckpointAdjoint(),
-        )
-        z, delta = sol.ys
-        return z[0], delta[0], sol.stats["num_steps"]
-
-    if per_example:  # a batch of one per solve, vmapped: every example has its own step control
-        z, delta, steps = jax.vmap(lambda x1, p1: solve(x1[None], p1[None]))(x, probes)
-        z, delta = z[:, 0], delta[:, 0]
-    else:
-        z, delta, steps = solve(x, probes)
-        steps = jnp.full((x.shape[0],), steps)
-    logp = sde.prior_logp(z) + delta
-    nfe = _EVALS_AT_START + _EVALS_PER_STEP[method] * steps
-    return logp, z, nfe.astype(jnp.int32)
+    y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
+    (z, delta), nfe = solve_adaptive(augmented, y0, probes, eps, sde.T, method=method, rtol=rtol, atol=atol,
+                                     max_steps=max_steps, per_example=per_example)
+    return sde.prior_logp(z) + delta, z, nfe
 
 
 def dequantize(key: Array, x: Array, levels: int, data_range=(-1.0, 1.0)) -> Array:

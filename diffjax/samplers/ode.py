@@ -64,6 +64,52 @@ def ode_rk4(sde: SDE) -> Step:
 
 _SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
 
+# Score evaluations of one adaptive solve (diffrax 0.6-0.7, counted in the tests): one at t0 for the
+# first-same-as-last stage, then s - 1 per attempted step, accepted or rejected, for an s-stage FSAL
+# method (Tsit5, Dopri5: s = 7); the initial step-size selection reuses the evaluation at t0.
+_EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6}
+_EVALS_AT_START = 1
+
+
+def check_solver_options(sde: SDE, rtol: float, atol: float, eps: float, method: str) -> None:
+    """Raise a ValueError for tolerances <= 0, eps outside (0, T) or an unknown method."""
+    if method not in _SOLVERS:
+        raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_SOLVERS)}")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be > 0; got rtol={rtol}, atol={atol}")
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
+
+
+def solve_adaptive(field, y0, args, t0, t1, *, method, rtol, atol, max_steps, per_example, pcoeff=0.0, icoeff=1.0):
+    """Integrate dy/dt = field(t, y, args) from t0 to t1 with diffrax and a PID controller.
+
+    ``field`` works on a batch: every leaf of ``y0`` and ``args`` has a leading batch axis. With
+    ``per_example`` the solve is vmapped over the batch, each example a batch of one with its own
+    step-size control; otherwise the batch is one system with one error norm. Gradients flow
+    through the steps (diffrax's RecursiveCheckpointAdjoint). Returns ``(y(t1), nfe)``, nfe of
+    shape (batch,): evaluations of ``field`` per example.
+    """
+    term = diffrax.ODETerm(field)
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff)
+
+    def solve(y, a):
+        sol = diffrax.diffeqsolve(
+            term, _SOLVERS[method](), t0=t0, t1=t1, dt0=None, y0=y, args=a, stepsize_controller=controller,
+            saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, adjoint=diffrax.RecursiveCheckpointAdjoint(),
+        )
+        return jax.tree_util.tree_map(lambda v: v[0], sol.ys), sol.stats["num_steps"]
+
+    batch = jax.tree_util.tree_leaves(y0)[0].shape[0]
+    if per_example:
+        one = lambda tree: jax.tree_util.tree_map(lambda v: v[None], tree)  # noqa: E731
+        y1, steps = jax.vmap(lambda y, a: solve(one(y), one(a)))(y0, args)
+        y1 = jax.tree_util.tree_map(lambda v: v[:, 0], y1)
+    else:
+        y1, steps = solve(y0, args)
+        steps = jnp.full((batch,), steps)
+    return y1, (_EVALS_AT_START + _EVALS_PER_STEP[method] * steps).astype(jnp.int32)
+
 
 def ode_sample(
     sde: SDE,
@@ -96,53 +142,25 @@ def ode_sample(
     (batch,). The batch as a whole costs max(nfe) batched evaluations.
     """
     del key
-    if method not in _SOLVERS:
-        raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_SOLVERS)}")
     check_x_init(x_init)
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0; got rtol={rtol}, atol={atol}")
     eps = sde.sampling_eps if eps is None else float(eps)
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
+    check_solver_options(sde, rtol, atol, eps, method)
     return _ode_sample(
         _ByIdentity(score_fn), sde, x_init, float(rtol), float(atol), eps, method, bool(denoise),
         int(max_steps), float(pcoeff), float(icoeff), bool(per_example),
     )
 
 
-# Score evaluations of one adaptive solve (diffrax 0.6-0.7, counted in the tests): one at t0 for the
-# first-same-as-last stage, then s - 1 per attempted step, accepted or rejected, for an s-stage FSAL
-# method (Tsit5, Dopri5: s = 7); the initial step-size selection reuses the evaluation at t0.
-_EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6}
-_EVALS_AT_START = 1
-
-
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11))
 def _ode_sample(score_box, sde, x_init, rtol, atol, eps, method, denoise, max_steps, pcoeff, icoeff, per_example):
     score_fn = score_box.obj
 
-    def vector_field(t, y, args):
-        x = y[None] if per_example else y
-        drift = probability_flow_drift(sde, score_fn, x, jnp.full((x.shape[0],), t, y.dtype))
-        return drift[0] if per_example else drift
+    def field(t, x, args):
+        return probability_flow_drift(sde, score_fn, x, jnp.full((x.shape[0],), t, x.dtype))
 
-    term = diffrax.ODETerm(vector_field)
-    controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff)
-
-    def solve_one(y0):
-        sol = diffrax.diffeqsolve(
-            term, _SOLVERS[method](), t0=sde.T, t1=eps, dt0=None, y0=y0,
-            stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True), max_steps=max_steps,
-        )
-        return sol.ys[0], sol.stats["num_steps"]
-
-    if per_example:
-        x, num_steps = jax.vmap(solve_one)(x_init)
-    else:
-        x, num_steps = solve_one(x_init)
-        num_steps = jnp.full((x.shape[0],), num_steps)
-    nfe = _EVALS_AT_START + _EVALS_PER_STEP[method] * num_steps
+    x, nfe = solve_adaptive(field, x_init, None, sde.T, eps, method=method, rtol=rtol, atol=atol,
+                            max_steps=max_steps, per_example=per_example, pcoeff=pcoeff, icoeff=icoeff)
     if denoise:
         x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps, x.dtype))
         nfe = nfe + 1
-    return x, nfe.astype(jnp.int32)
+    return x, nfe
