@@ -154,12 +154,15 @@ def make_score_fn(apply_fn: Callable[..., Array], params: Any, sde: SDE, **kwarg
     return score_fn
 
 
-def score_fn_from_module(module: Any, params: Any, sde: SDE, *, continuous: bool = True) -> Callable[..., Array]:
-    """Score function of a network that declares its output: reads ``module.prediction`` and
-    ``module.scale_by_sigma`` (default False) and calls ``module.apply(params, x, labels, **cond)``."""
+def score_fn_from_module(module: Any, params: Any, sde: SDE, *, continuous: bool | None = None) -> Callable[..., Array]:
+    """Score function of a network that declares its output: reads ``module.prediction``,
+    ``module.scale_by_sigma`` (default False) and how it reads time, ``module.continuous`` (default
+    True; the ``continuous`` argument overrides it), and calls ``module.apply(params, x, labels, **cond)``."""
     prediction = getattr(module, "prediction", None)
     if prediction is None:
         raise TypeError(f"{type(module).__name__} declares no `prediction`; use make_score_fn(apply_fn, ..., prediction=...)")
+    if continuous is None:
+        continuous = bool(getattr(module, "continuous", True))
     return make_score_fn(
         module.apply,
         params,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models import _common
 from diffjax.models.layers import GaussianFourierProjection, sinusoidal_embedding
 
 Array = jax.Array
@@ -23,30 +24,50 @@ class MLPScoreNet(nn.Module):
     How it reads time (``embedding_type``): ``"fourier"`` embeds log(label) with Gaussian Fourier
     features (for positive continuous labels: VE's sigma, VP's 999 t, as NCSN++ does with log sigma);
     ``"positional"`` embeds the raw label sinusoidally (DDPM's step index or 999 t).
-    What it predicts is declared by ``prediction`` ("eps" by default), which
-    :func:`diffjax.score.score_fn_from_module` reads. The output layer starts at zero.
+    What it predicts is declared by ``prediction`` ("eps" by default), whether its labels are
+    continuous by ``continuous``; :func:`diffjax.score.score_fn_from_module` reads both. With
+    ``num_classes`` > 0 a class embedding (label ``num_classes`` = no class) joins the time
+    embedding. The output layer starts at zero.
     """
 
     hidden: Sequence[int] = (128, 128, 128)
     embedding_dim: int = 64
     embedding_type: str = "fourier"
     fourier_scale: float = 1.0
+    num_classes: int = 0
     prediction: str = "eps"
+    scale_by_sigma: bool = False
+    continuous: bool = True
+    dtype: object = jnp.float32
+    param_dtype: object = jnp.float32
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        object.__setattr__(self, "hidden", _common.as_int_tuple(owner, "hidden", self.hidden))
+        _common.check_positive(owner, "embedding_dim", self.embedding_dim)
+        _common.check_choice(owner, "embedding_type", self.embedding_type, _EMBEDDINGS)
+        _common.check_num_classes(owner, self.num_classes)
+        _common.check_output_options(self)
+        super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: Array, labels: Array) -> Array:
+    def __call__(self, x: Array, labels: Array, class_labels: Optional[Array] = None, train: bool = False) -> Array:
+        del train  # no dropout
         if x.ndim != 2:
             raise ValueError(f"MLPScoreNet takes x of shape (batch, dim); got {x.shape}")
         if labels.shape != (x.shape[0],):
             raise ValueError(f"labels must have shape ({x.shape[0]},); got {labels.shape}")
         if self.embedding_type == "fourier":
             emb = GaussianFourierProjection(self.embedding_dim // 2, self.fourier_scale)(jnp.log(labels))
-        elif self.embedding_type == "positional":
-            emb = sinusoidal_embedding(labels, self.embedding_dim)
         else:
-            raise ValueError(f"unknown embedding_type {self.embedding_type!r}; expected one of {_EMBEDDINGS}")
-        emb = nn.swish(nn.Dense(self.embedding_dim)(emb))
-        h = x
+            emb = sinusoidal_embedding(labels, self.embedding_dim)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        emb = nn.swish(nn.Dense(self.embedding_dim, **kw)(emb))
+        cemb = _common.class_embedding("MLPScoreNet", self.num_classes, class_labels, x.shape[0],
+                                       self.embedding_dim, self.dtype, self.param_dtype)
+        if cemb is not None:
+            emb = emb + cemb
+        h = x.astype(self.dtype)
         for width in self.hidden:
-            h = nn.swish(nn.Dense(width)(h) + nn.Dense(width)(emb))
-        return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
+            h = nn.swish(nn.Dense(width, **kw)(h) + nn.Dense(width, **kw)(emb))
+        return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, **kw)(h).astype(jnp.float32)
