@@ -114,8 +114,13 @@ def make_train_step(
     ema_rate: float = 0.9999,
     ema_warmup: bool = False,
     learning_rate_fn: optax.Schedule | None = None,
+    skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """``train_step(state, batch) -> (state, metrics)``: one optimiser update and one EMA update.
+
+    With ``skip_nonfinite`` a step whose loss or gradient norm is NaN/Inf leaves params, optimiser
+    state and EMA unchanged (the step counter and key still advance, so the next step draws fresh
+    noise) and reports ``metrics["skipped"] = 1``.
 
     ``loss_fn(key, params, batch) -> (loss, metrics)`` as built by :mod:`diffjax.losses`. The step
     is pure; compile it with ``jax.jit(train_step, donate_argnums=0)``. Metrics: the loss function's,
@@ -134,6 +139,12 @@ def make_train_step(
         metrics = dict(metrics, grad_norm=_global_norm(grads))
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
+        if skip_nonfinite:
+            ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            params, opt_state, ema_params = jax.tree_util.tree_map(
+                lambda new, old: jnp.where(ok, new, old),
+                (params, opt_state, ema_params), (state.params, state.opt_state, state.ema_params))
+            metrics["skipped"] = jnp.where(ok, 0.0, 1.0)
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params, key=key)
         return new_state, metrics
 

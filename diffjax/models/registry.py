@@ -22,9 +22,10 @@ Array = jax.Array
 
 NETWORKS: dict[str, type] = {"ncsnpp": NCSNpp, "ddpm": DDPM, "ncsnv2": NCSNv2, "mlp": MLPScoreNet}
 
+# The paper's VP/sub-VP DDPM++ runs feed [-1, 1] data (data.centered = True), its VE runs [0, 1].
 _DDPMPP = dict(fir=False, progressive_input="none", embedding_type="positional", prediction="eps",
-               scale_by_sigma=False, centered=False)
-_NCSNPP_VE = dict(centered=False)  # the paper's VE/VP/sub-VP CIFAR-10 runs feed [0, 1] data
+               scale_by_sigma=False, centered=True)
+_NCSNPP_VE = dict(centered=False)
 
 # name -> (network, options). CIFAR-10 entries are the original score_sde configs (parameter counts
 # checked in tests/test_networks.py); the digits entries are small CPU configurations.
@@ -43,10 +44,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # CPU-sized: 8x8 digits (one down-sampling), 16x16 digits (two).
     "ncsnpp_digits8": ("ncsnpp", dict(nf=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,),
                                       fourier_scale=16.0)),
-    "ddpmpp_digits8": ("ncsnpp", dict(_DDPMPP, centered=True, nf=32, ch_mult=(1, 2), num_res_blocks=2,
+    "ddpmpp_digits8": ("ncsnpp", dict(_DDPMPP, nf=32, ch_mult=(1, 2), num_res_blocks=2,
                                       attn_resolutions=(4,))),
     "ncsnpp_digits16": ("ncsnpp", dict(nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,))),
-    "ddpmpp_digits16": ("ncsnpp", dict(_DDPMPP, centered=True, nf=32, ch_mult=(1, 2, 2), num_res_blocks=2,
+    "ddpmpp_digits16": ("ncsnpp", dict(_DDPMPP, nf=32, ch_mult=(1, 2, 2), num_res_blocks=2,
                                        attn_resolutions=(8,))),
 }
 

@@ -1,0 +1,70 @@
+"""The schema every config shares (ml_collections). Config files start from ``get_default()``;
+overrides on the command line may only set keys that exist here (or network options under model)."""
+
+import ml_collections
+
+
+def get_default():
+    c = ml_collections.ConfigDict()
+    c.seed = 42
+
+    c.training = t = ml_collections.ConfigDict()
+    t.batch_size = 128          # global batch, split over all devices
+    t.n_iters = 1_300_001
+    t.n_jitted_steps = 1        # train steps per compiled call (lax.scan)
+    t.log_freq = 50
+    t.snapshot_freq = 50_000    # checkpoint every ... steps (and at the end, and on SIGTERM)
+    t.keep_last = 3             # checkpoints kept ...
+    t.keep_period = 0           # ... plus every keep_period-th step (0: none)
+    t.max_nonfinite = 10        # stop after this many NaN/Inf losses in a row
+    t.continuous = True
+    t.reduce_mean = False
+    t.likelihood_weighting = False
+    t.importance_sampling = False
+
+    c.sde = s = ml_collections.ConfigDict()
+    s.name = "vesde"            # vesde | vpsde | subvpsde
+    s.sigma_min = 0.01
+    s.sigma_max = 50.0
+    s.beta_min = 0.1
+    s.beta_max = 20.0
+    s.num_scales = 1000
+
+    c.model = m = ml_collections.ConfigDict()
+    m.name = "ncsnpp_cifar10_ve_continuous"   # a network or preset of diffjax.models.get_model
+    m.options = ml_collections.ConfigDict()   # options passed to get_model (override the preset's)
+    m.ema_rate = 0.9999
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.lr = 2e-4
+    o.warmup = 5000
+    o.grad_clip = 1.0
+    o.beta1 = 0.9
+    o.eps = 1e-8
+    o.weight_decay = 0.0
+
+    c.data = d = ml_collections.ConfigDict()
+    d.dataset = "cifar10"       # digits | toy:<name> | a TFDS name
+    d.data_dir = ""             # TFDS data directory ('' = TFDS default)
+    d.image_size = 32
+    d.num_channels = 3
+    d.random_flip = True
+    d.uniform_dequantization = False
+    d.centered = True           # data in [-1, 1] (True) or [0, 1]
+
+    c.sampling = sa = ml_collections.ConfigDict()
+    sa.method = "pc"            # any samplers.get_step name, or "ode" (adaptive probability flow)
+    sa.predictor = "reverse_diffusion"
+    sa.corrector = "langevin"
+    sa.snr = 0.16
+    sa.n_steps = 1000           # time steps of fixed-step samplers
+    sa.grid = "uniform"         # samplers.TIME_GRIDS name
+    sa.num_samples = 64         # the PNG grid at the end of training
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.bpd_num_examples = 0      # test examples for bits/dim at the end of training (0: skip)
+    e.bpd_rtol = 1e-5
+
+    c.parallel = p = ml_collections.ConfigDict()
+    p.fsdp = 1                  # size of the fsdp mesh axis (1: data parallel)
+    return c
