@@ -57,7 +57,7 @@ def _parse_value(text: str):
 
 def apply_overrides(config, overrides: Sequence[str]) -> None:
     """Set dotted keys in place; unknown keys are a ValueError naming the key and the valid ones."""
-    from diffjax.models import PRESETS, network_options
+    from diffjax.models import NETWORKS, PRESETS, network_options
 
     for item in overrides:
         text = item[len("--config."):] if item.startswith("--config.") else item
@@ -75,7 +75,7 @@ def apply_overrides(config, overrides: Sequence[str]) -> None:
         if parents == ["model", "options"]:
             model = config.model.name
             network = PRESETS[model][0] if model in PRESETS else model
-            valid = network_options(network) if network in ("ncsnpp", "ddpm", "ncsnv2", "mlp") else ()
+            valid = network_options(network) if network in NETWORKS else ()
             if leaf not in valid:
                 raise ValueError(f"unknown option {leaf!r} for network {network!r} (config key {dotted!r}); "
                                  f"valid options: {', '.join(valid)}")
@@ -87,8 +87,8 @@ def apply_overrides(config, overrides: Sequence[str]) -> None:
         current = node[leaf]
         if isinstance(current, bool) and not isinstance(value, bool):
             raise ValueError(f"config key {dotted!r} takes True or False; got {raw!r}")
-        if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, (int, float)):
-            value = type(current)(value) if isinstance(current, float) or float(value).is_integer() else value
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # "--config.optim.lr=1" means 1.0
         try:
             node[leaf] = value
         except (TypeError, ValueError) as e:

@@ -105,6 +105,13 @@ class ArrayLoader:
         self.data_range, self.uniform_dequantization, self.random_flip = data_range, uniform_dequantization, random_flip
         self.shard_index, self.shard_count = shard_index, shard_count
         self.epoch, self.position = 0, 0
+        self._order_epoch, self._order = None, None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order_epoch != self.epoch:
+            self._order_epoch = self.epoch
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
+        return self._order
 
     def get_state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -122,7 +129,7 @@ class ArrayLoader:
         n, global_batch = len(self.data), self.batch_size * self.shard_count
         if self.position + global_batch > n:  # drop the remainder, start the next epoch
             self.epoch, self.position = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        order = self._epoch_order()
         start = self.position + self.shard_index * self.batch_size
         idx = order[start:start + self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, self.position, self.shard_index, 1])

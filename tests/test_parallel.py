@@ -77,9 +77,14 @@ def test_fsdp_equals_data_parallel_and_shards_parameters():
     fs, loss_fs, shardings = _run_mesh(batches, fsdp=4)
     np.testing.assert_allclose(loss_fs, loss_dp, rtol=1e-6)
     _assert_close(fs.params, dp.params)
-    kernel = fs.params["params"]["Dense_1"]["kernel"]  # (64, 64): sharded 4 ways
-    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None) or "fsdp" in kernel.sharding.spec
-    assert kernel.addressable_shards[0].data.shape[0] * 4 == 64 or kernel.addressable_shards[0].data.shape[1] * 4 == 64
+    # Each kernel is split 4 ways along its largest dimension (the first of equal ones).
+    P = jax.sharding.PartitionSpec
+    kernels = {k: v["kernel"] for k, v in fs.params["params"].items()}
+    for name, shape, spec, shard in [("Dense_3", (64, 64), P("fsdp", None), (16, 64)),
+                                     ("Dense_1", (2, 64), P(None, "fsdp"), (2, 16)),
+                                     ("Dense_5", (64, 2), P("fsdp", None), (16, 2))]:
+        assert kernels[name].shape == shape and kernels[name].sharding.spec == spec
+        assert kernels[name].addressable_shards[0].data.shape == shard
 
 
 def test_n_steps_per_call_equals_single_steps():

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models.layers import default_init
 from diffjax.score import PREDICTIONS
 
 Array = jax.Array
@@ -89,8 +90,6 @@ def condition_embedding(module: nn.Module, emb: Optional[Array], class_labels: O
                         act) -> Optional[Array]:
     """The conditioning vector (B, 4 nf) of the U-Nets: Dense-act-Dense of the time embedding ``emb``
     (None when not noise-conditional), plus the class embedding when ``module.num_classes`` > 0."""
-    from diffjax.models.layers import default_init
-
     kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
     width = 4 * module.nf
     temb = None

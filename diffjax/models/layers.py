@@ -9,7 +9,7 @@ statistics and attention softmaxes are computed in float32 whatever ``dtype`` is
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -369,21 +369,16 @@ class Downsample(nn.Module):
 # Residual blocks
 
 
-class _Body(NamedTuple):
-    dropout: float
-    deterministic: bool
-    init_scale: float
-
-
-def _residual_body(h: Array, temb: Optional[Array], out_ch: int, block, act, kw, groups=None) -> Array:
+def _residual_body(h: Array, temb: Optional[Array], out_ch: int, act, kw, *, dropout: float, train: bool,
+                   init_scale: float, groups: Optional[int] = None) -> Array:
     """conv, + Dense(act(temb)), GN-act-dropout-conv (near-zero init): the body both residual blocks share.
     Modules are created in the calling block's scope."""
     h = conv3x3(out_ch, **kw)(h)
     if temb is not None:
         h = h + nn.Dense(out_ch, kernel_init=default_init(), **kw)(act(temb))[:, None, None, :]
     h = act(GroupNorm(groups, **kw)(h))
-    h = nn.Dropout(block.dropout)(h, deterministic=block.deterministic)
-    return conv3x3(out_ch, init_scale=block.init_scale, **kw)(h)
+    h = nn.Dropout(dropout)(h, deterministic=not train)
+    return conv3x3(out_ch, init_scale=init_scale, **kw)(h)
 
 
 def _skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
@@ -412,7 +407,8 @@ class ResnetBlockDDPM(nn.Module):
         c = x.shape[-1]
         out_ch = self.out_ch or c
         h = act(GroupNorm(self.groups, **kw)(x))
-        h = _residual_body(h, temb, out_ch, _Body(self.dropout, not train, self.init_scale), act, kw, self.groups)
+        h = _residual_body(h, temb, out_ch, act, kw, dropout=self.dropout, train=train,
+                           init_scale=self.init_scale, groups=self.groups)
         if c != out_ch:
             x = conv3x3(out_ch, **kw)(x) if self.conv_shortcut else NIN(out_ch, **kw)(x)
         return _skip_sum(x, h, self.skip_rescale)
@@ -448,7 +444,7 @@ class ResnetBlockBigGAN(nn.Module):
         elif self.down:
             down = (lambda v: resample.downsample_2d(v, self.fir_kernel)) if self.fir else resample.naive_downsample_2d
             h, x = down(h), down(x)
-        h = _residual_body(h, temb, out_ch, _Body(self.dropout, not train, self.init_scale), act, kw)
+        h = _residual_body(h, temb, out_ch, act, kw, dropout=self.dropout, train=train, init_scale=self.init_scale)
         if c != out_ch or self.up or self.down:
             x = conv1x1(out_ch, **kw)(x)
         return _skip_sum(x, h, self.skip_rescale)

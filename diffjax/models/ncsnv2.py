@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from diffjax.models import _common
 from diffjax.models.layers import InstanceNormPlus, get_activation, ncsn_conv
+from diffjax.models.resample import naive_downsample_2d
 
 Array = jax.Array
 
@@ -29,11 +30,6 @@ INTERPOLATIONS = ("bilinear", "nearest")
 
 def _conv(x: Array, features: int, kw: dict, *, kernel: int = 3, dilation: int = 1, use_bias: bool = True) -> Array:
     return ncsn_conv(features, x.shape[-1], kernel=kernel, dilation=dilation, use_bias=use_bias, **kw)(x)
-
-
-def _mean_pool(x: Array) -> Array:
-    b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 class _ResidualBlock(nn.Module):
@@ -56,8 +52,8 @@ class _ResidualBlock(nn.Module):
                 h = _conv(h, out, kw, dilation=d)
                 skip = _conv(x, out, kw, dilation=d)
             else:
-                h = _mean_pool(_conv(h, out, kw))
-                skip = _mean_pool(_conv(x, out, kw, kernel=1))
+                h = naive_downsample_2d(_conv(h, out, kw))
+                skip = naive_downsample_2d(_conv(x, out, kw, kernel=1))
         else:
             if out == x.shape[-1]:
                 skip = x
