@@ -111,6 +111,12 @@ class GaussianMixture:
         log_comp, _ = self._components(x, *self._coeffs(sde, x, t))
         return jax.nn.logsumexp(log_comp, axis=-1)
 
+    def component_log_probs(self, x: Array, sde: SDE | None = None, t: Array | None = None) -> Array:
+        """log pi_k N(x; a mu_k, a^2 Sigma_k + sigma^2 I) (B, K): the joint log-densities of example and
+        component, i.e. the exact classifier's logits (log p_t(k | x) up to a per-example constant)."""
+        log_comp, _ = self._components(x, *self._coeffs(sde, x, t))
+        return log_comp
+
     def responsibilities(self, x: Array, sde: SDE | None = None, t: Array | None = None) -> Array:
         """Posterior component probabilities p(k | x_t) (B, K): the exact classifier of the mixture."""
         log_comp, _ = self._components(x, *self._coeffs(sde, x, t))

@@ -17,6 +17,7 @@ def get_default():
     t.keep_last = 3             # checkpoints kept ...
     t.keep_period = 0           # ... plus every keep_period-th step (0: none)
     t.max_nonfinite = 10        # stop after this many NaN/Inf losses in a row
+    t.label_dropout = 0.0       # class-conditional nets: P(label -> 'no class'), for classifier-free guidance
     t.continuous = True
     t.reduce_mean = False
     t.likelihood_weighting = False
@@ -57,13 +58,19 @@ def get_default():
     sa.predictor = "reverse_diffusion"
     sa.corrector = "langevin"
     sa.snr = 0.16
+    sa.n_steps_each = 1         # corrector steps per time step ("pc")
     sa.n_steps = 1000           # time steps of fixed-step samplers
     sa.grid = "uniform"         # samplers.TIME_GRIDS name
-    sa.num_samples = 64         # the PNG grid at the end of training
+    sa.noise_removal = True     # finish with Tweedie's denoiser
+    sa.ode_rtol = 1e-5          # method "ode": rtol = atol of the adaptive solver
+    sa.num_samples = 64         # the PNG grid at the end of training (0: none)
+    sa.batch_size = 256         # samples per compiled call
+    sa.guidance_weight = 0.0    # classifier-free guidance w: (1 + w) s(x | y) - w s(x)
 
     c.eval = e = ml_collections.ConfigDict()
     e.bpd_num_examples = 0      # test examples for bits/dim at the end of training (0: skip)
     e.bpd_rtol = 1e-5
+    e.batch_size = 256          # examples per compiled call
 
     c.parallel = p = ml_collections.ConfigDict()
     p.fsdp = 1                  # size of the fsdp mesh axis (1: data parallel)

@@ -1,5 +1,12 @@
-"""The default job: DDPM++ (small) on the embedded 8x8 digits with the VP SDE, about 6 minutes of
-training on two CPU cores, then a grid of samples and the test split's bits/dim."""
+"""The default job: DDPM++ (small) on the embedded 8x8 digits with the VP SDE.
+
+About 5.5 minutes of training on two CPU cores (2000 steps at ~6.6 steps/s), then 100 samples
+(DPM-Solver++(2M) SDE, 50 steps) as a PNG grid and the test split's bits/dim (128 examples) beside a
+full-covariance Gaussian fitted to the training split: about 7 minutes in all.
+
+The EMA rate is 0.995 rather than the paper's 0.9999: with only 2000 steps a slower average still
+carries the early, badly trained weights (at 0.999 the EMA network's noise prediction at t = 0.9 was
+50x worse than the raw network's and its samples diverged)."""
 
 from default import get_default
 
@@ -9,17 +16,17 @@ def get_config():
     c.seed = 0
     t = c.training
     t.batch_size = 64
-    t.n_iters = 3000
-    t.n_jitted_steps = 10
+    t.n_iters = 2000
+    t.n_jitted_steps = 1         # a rolled lax.scan of steps runs ~10x slower on XLA:CPU
     t.log_freq = 100
-    t.snapshot_freq = 1000
+    t.snapshot_freq = 500
     t.reduce_mean = True
     c.sde.name = "vpsde"
     c.model.name = "ddpmpp_digits8"
     c.model.options.dropout = 0.0
-    c.model.ema_rate = 0.999
-    c.optim.lr = 2e-3
-    c.optim.warmup = 200
+    c.model.ema_rate = 0.995
+    c.optim.lr = 1e-3
+    c.optim.warmup = 100
     d = c.data
     d.dataset = "digits"
     d.image_size = 8
@@ -27,7 +34,7 @@ def get_config():
     d.random_flip = False
     d.uniform_dequantization = True
     s = c.sampling
-    s.method = "dpmpp_2m"
+    s.method = "dpmpp_2m_sde"
     s.grid = "log_snr"
     s.n_steps = 50
     s.num_samples = 100

@@ -1,0 +1,325 @@
+"""Controllable generation as transforms of score functions and sampler steps.
+
+Everything here works with every sampler in :mod:`diffjax.samplers`:
+
+- **Inpainting** (Song et al. 2021, App. I.2): :func:`inpaint` wraps any step so that after each
+  update the known pixels are replaced by the known data perturbed to the current time,
+  x <- m * (a(t) y + sigma(t) z) + (1 - m) * x. :func:`inpaint_sample` runs it and pastes the known
+  pixels back at the end, so they equal the input exactly. (The original built the final ``x_mean``
+  from the *noisy* x in the unknown region, so its last denoising step did nothing there; here the
+  unknown region gets the driver's final Tweedie denoising and only the known region is pasted.)
+- **Colourisation** (App. I.3): inpainting in a decoupled colour space z = x M, M orthonormal with
+  first column (1, 1, 1)/sqrt(3), where channel 0 is sqrt(3) times the grey image and channels 1, 2
+  are sampled. The processes are isotropic, so the score in z is s_x(z M^T) M.
+- **Classifier guidance** (App. I.1): s(x, t) + scale * grad_x log p_t(y | x) for a time-dependent
+  classifier; :func:`get_classifier_loss_fn` trains one on perturbed data.
+- **Classifier-free guidance** (Ho & Salimans 2021): (1 + w) s(x, t, y) - w s(x, t, no class) from one
+  network trained with :func:`with_label_dropout`.
+
+Shapes: data and samples are (batch, ...); times (batch,); masks broadcast against the data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.losses import split_batch
+from diffjax.samplers.base import (
+    Step,
+    _ByIdentity,
+    _per_example_keys,
+    check_timesteps,
+    check_x_init,
+    fold_keys,
+    normal_like,
+    prior_sample,
+    sample,
+)
+from diffjax.sde import SDE, expand_to
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+__all__ = [
+    "forward_perturb",
+    "inpaint",
+    "paste_known",
+    "inpaint_sample",
+    "COLOR_BASIS",
+    "decouple_colors",
+    "couple_colors",
+    "colorize_sample",
+    "classifier_log_prob",
+    "classifier_guided_score",
+    "classifier_free_guided_score",
+    "guided_score",
+    "with_label_dropout",
+    "get_classifier_loss_fn",
+]
+
+_PERTURB_FOLD = 0x1A7E  # folded into the step's per-example keys for the known-region noise
+
+
+# ----------------------------------------------------------------------------------------------
+# Inpainting
+
+
+def forward_perturb(sde: SDE, keys: Array, y: Array, t: Array) -> tuple[Array, Array]:
+    """(a(t) y + sigma(t) z, a(t) y): the known data y (batch, ...) carried to time t (batch,),
+    with z drawn from one key per example (keys of shape (batch,))."""
+    a, s = sde.marginal_coeffs(t)
+    mean = expand_to(a, y) * y
+    return mean + expand_to(s, y) * normal_like(keys, y), mean
+
+
+def paste_known(x: Array, y: Array, mask: Array) -> Array:
+    """mask * y + (1 - mask) * x: the known values (mask = 1) of y, the rest from x."""
+    return jnp.where(mask > 0.5, y, x)
+
+
+def _check_mask(y: Array, mask: Array) -> Array:
+    mask = jnp.asarray(mask)
+    try:
+        shape = jnp.broadcast_shapes(mask.shape, jnp.shape(y))
+    except ValueError:
+        shape = None
+    if shape != jnp.shape(y):
+        raise ValueError(f"mask of shape {mask.shape} must broadcast to the data's shape {jnp.shape(y)} "
+                         "(1 = known, 0 = to be sampled)")
+    if not isinstance(mask, jax.core.Tracer):
+        values = np.unique(np.asarray(mask, np.float64))
+        if not np.all(np.isin(values, (0.0, 1.0))):
+            raise ValueError(f"mask must hold 0 (to be sampled) and 1 (known) only; got values {values[:5]}")
+    return mask.astype(jnp.result_type(y))
+
+
+def inpaint(step: Step, y: Array, mask: Array) -> Step:
+    """``step`` with the known region (mask = 1) of ``y`` (batch, ...) re-imposed after every update.
+
+    After the wrapped update (at t_next for a predictor, at t for a corrector) the known pixels of
+    x become a(t) y + sigma(t) z and those of x_mean become a(t) y; the unknown pixels are the
+    step's own. The result is a :class:`Step` for :func:`diffjax.samplers.sample`; build it inside
+    ``jax.jit`` (as :func:`inpaint_sample` does) when y changes from call to call.
+    """
+    if not isinstance(step, Step):
+        raise TypeError(f"inpaint wraps a diffjax.samplers.Step; got {type(step).__name__}")
+    mask = _check_mask(y, mask)
+    sde = step.sde
+
+    def update(keys, x, state, t, t_next, score_fn):
+        if jnp.shape(x) != jnp.shape(y):
+            raise ValueError(f"the samples {jnp.shape(x)} and the known data {jnp.shape(y)} must have one shape")
+        x, x_mean, state = step.update(keys, x, state, t, t_next, score_fn)
+        now = t_next if step.moves_time else t
+        known, known_mean = forward_perturb(sde, fold_keys(keys, _PERTURB_FOLD), y, now)
+        return paste_known(x, known, mask), paste_known(x_mean, known_mean, mask), state
+
+    return Step(step.init, update, nfe=step.nfe, sde=sde, moves_time=step.moves_time, name=f"inpaint({step.name})")
+
+
+def inpaint_sample(step: Step, score_fn: ScoreFn, key: Array, y: Array, mask: Array, timesteps: Array,
+                   denoise: bool = True) -> tuple[Array, Array]:
+    """Sample the unknown region (mask = 0) of ``y`` (batch, ...) given its known region (mask = 1).
+
+    x_T is drawn from the prior with the known region set to its perturbation at T; every update of
+    ``step`` is followed by the replacement of :func:`inpaint`; the last state is denoised with
+    Tweedie's formula (when ``denoise``) and the known pixels are then set to y exactly.
+    ``key`` is one key (example i uses fold_in(key, i)) or one per example. Returns ``(x, nfe)``.
+    """
+    check_x_init(y)
+    mask = _check_mask(y, mask)
+    ts = check_timesteps(timesteps, step.sde)
+    x = _inpaint_run(_ByIdentity(step), _ByIdentity(score_fn), bool(denoise), False, key, jnp.asarray(y), mask, ts)
+    return x, jnp.asarray((ts.shape[0] - 1) * step.nfe + int(bool(denoise)), jnp.int32)
+
+
+def _inpaint_impl(step, score_fn, denoise, decoupled, key, y, mask, ts):
+    if decoupled:  # colourisation: y, x and the score live in the decoupled colour space
+        rgb_score_fn = score_fn
+
+        def score_fn(z, t):
+            return decouple_colors(rgb_score_fn(couple_colors(z), t))
+
+    keys = _per_example_keys(key, y.shape[0])
+    t0 = jnp.full((y.shape[0],), ts[0], ts.dtype)
+    known, _ = forward_perturb(step.sde, fold_keys(keys, _PERTURB_FOLD + 1), y, t0)
+    x_init = paste_known(prior_sample(step.sde, keys, y.shape, y.dtype), known, mask)
+    x, _ = sample(inpaint(step, y, mask), score_fn, keys, x_init, ts, denoise=denoise)
+    return paste_known(x, y, mask)
+
+
+_inpaint_run = jax.jit(lambda s, f, d, c, key, y, mask, ts: _inpaint_impl(s.obj, f.obj, d, c, key, y, mask, ts),
+                       static_argnums=(0, 1, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# Colourisation
+
+
+def _color_basis() -> np.ndarray:
+    # columns: the grey direction (1, 1, 1)/sqrt(3) and two unit vectors orthogonal to it
+    return np.array([[1 / np.sqrt(3), 1 / np.sqrt(2), 1 / np.sqrt(6)],
+                     [1 / np.sqrt(3), -1 / np.sqrt(2), 1 / np.sqrt(6)],
+                     [1 / np.sqrt(3), 0.0, -2 / np.sqrt(6)]], np.float64)
+
+
+COLOR_BASIS = _color_basis()
+"""M (3, 3), orthonormal: z = x M decouples an RGB pixel into sqrt(3) * grey (z_0) and two colour axes."""
+
+
+def decouple_colors(x: Array) -> Array:
+    """z = x M over the last (channel) axis of x (..., 3)."""
+    if jnp.shape(x)[-1] != 3:
+        raise ValueError(f"colour images have 3 channels last; got shape {jnp.shape(x)}")
+    return x @ jnp.asarray(COLOR_BASIS, jnp.result_type(x))
+
+
+def couple_colors(z: Array) -> Array:
+    """x = z M^T, the inverse of :func:`decouple_colors` (M is orthonormal)."""
+    if jnp.shape(z)[-1] != 3:
+        raise ValueError(f"decoupled images have 3 channels last; got shape {jnp.shape(z)}")
+    return z @ jnp.asarray(COLOR_BASIS.T, jnp.result_type(z))
+
+
+def colorize_sample(step: Step, score_fn: ScoreFn, key: Array, grey: Array, timesteps: Array,
+                    denoise: bool = True) -> tuple[Array, Array]:
+    """Colour images whose grey image (the channel mean) is ``grey``.
+
+    ``grey`` is (batch, H, W, 1), or (batch, H, W, 3) whose channel mean is taken, in the model's
+    data range; ``score_fn`` scores RGB images (batch, H, W, 3). Sampling runs in the decoupled
+    space with channel 0 known, so the returned images' channel mean equals ``grey`` exactly (up to
+    float rounding). Returns ``(x, nfe)`` with x of shape (batch, H, W, 3).
+    """
+    grey = jnp.asarray(grey)
+    if grey.ndim != 4 or grey.shape[-1] not in (1, 3):
+        raise ValueError(f"grey must be (batch, H, W, 1) or (batch, H, W, 3); got shape {grey.shape}")
+    g = jnp.mean(grey, axis=-1, keepdims=True)
+    y = decouple_colors(jnp.broadcast_to(g, (*g.shape[:-1], 3)))
+    mask = jnp.broadcast_to(jnp.asarray([1.0, 0.0, 0.0], y.dtype), y.shape)
+    ts = check_timesteps(timesteps, step.sde)
+    z = _inpaint_run(_ByIdentity(step), _ByIdentity(score_fn), bool(denoise), True, key, y, mask, ts)
+    return couple_colors(z), jnp.asarray((ts.shape[0] - 1) * step.nfe + int(bool(denoise)), jnp.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Classifier guidance
+
+
+def classifier_log_prob(logits_fn: Callable[[Array, Array], Array], labels: Array) -> Callable[[Array, Array], Array]:
+    """``log_prob(x, t) -> (batch,)``: log p_t(labels | x) = log_softmax(logits_fn(x, t))[labels],
+    for a time-dependent classifier ``logits_fn(x, t) -> (batch, num_classes)`` and labels (batch,)."""
+    labels = jnp.asarray(labels)
+
+    def log_prob(x, t):
+        logits = logits_fn(x, t)
+        if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+            raise ValueError(f"logits_fn must return (batch, num_classes) for {labels.shape[0]} labels; "
+                             f"got {logits.shape}")
+        return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[:, None].astype(jnp.int32), 1)[:, 0]
+
+    return log_prob
+
+
+def classifier_guided_score(score_fn: ScoreFn, log_prob_fn: Callable[[Array, Array], Array],
+                            scale: float = 1.0) -> ScoreFn:
+    """s(x, t) + scale * grad_x log p_t(y | x), with ``log_prob_fn(x, t) -> (batch,)`` (labels closed
+    over, see :func:`classifier_log_prob`). With the exact scores and classifier, scale 1 samples
+    p(x | y); larger scales sharpen it."""
+    grad_fn = jax.grad(lambda x, t: jnp.sum(log_prob_fn(x, t)))
+
+    def guided(x, t):
+        return score_fn(x, t) + scale * grad_fn(x, t).astype(x.dtype)
+
+    return guided
+
+
+def guided_score(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, w: float) -> ScoreFn:
+    """(1 + w) s(x, t | y) - w s(x, t): classifier-free guidance from two score functions.
+
+    w = 0 is conditional sampling; with exact scores this equals classifier guidance at scale
+    1 + w, since s(x | y) - s(x) = grad_x log p_t(y | x)."""
+
+    def guided(x, t):
+        if w == 0:
+            return cond_score_fn(x, t)
+        return (1.0 + w) * cond_score_fn(x, t) - w * uncond_score_fn(x, t)
+
+    return guided
+
+
+def classifier_free_guided_score(score_model: Callable[..., Array], params: Any, labels: Array, w: float,
+                                 null_label: int, label_key: str = "class_labels") -> ScoreFn:
+    """Classifier-free guidance with one conditional network ``score_model(params, x, t, **{label_key: labels})``
+    trained with label dropout: the unconditional score is the network at ``null_label`` (for diffjax
+    networks, ``num_classes``). The two evaluations run as one batch of 2B."""
+    labels = jnp.asarray(labels)
+    if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers of shape (batch,); got {labels.dtype} {labels.shape}")
+
+    def guided(x, t):
+        if w == 0:
+            return score_model(params, x, t, **{label_key: labels})
+        both = score_model(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                           **{label_key: jnp.concatenate([labels, jnp.full_like(labels, null_label)])})
+        cond, uncond = jnp.split(both, 2)
+        return (1.0 + w) * cond - w * uncond
+
+    return guided
+
+
+def with_label_dropout(loss_fn: Callable, p: float, null_label: int, label_key: str = "class_labels") -> Callable:
+    """A loss function whose batch labels are replaced by ``null_label`` with probability ``p`` each,
+    so one network learns s(x, t | y) and s(x, t) (classifier-free guidance training)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"label dropout probability must lie in [0, 1]; got {p}")
+
+    def dropped_loss(key, params, batch):
+        x, cond = split_batch(batch)
+        if label_key not in cond:
+            raise ValueError(f"label dropout needs the labels in the batch under {label_key!r}; got keys "
+                             f"{sorted(cond)}")
+        k_drop, key = jax.random.split(key)
+        labels = cond[label_key]
+        drop = jax.random.bernoulli(k_drop, p, labels.shape)
+        cond = {**cond, label_key: jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)}
+        return loss_fn(key, params, {"x": x, **cond})
+
+    return dropped_loss
+
+
+def get_classifier_loss_fn(sde: SDE, logits_model: Callable[..., Array], *, eps: float = 1e-5,
+                           t_max: float | None = None, label_key: str = "class_labels",
+                           rng_kwarg: str | None = None) -> Callable:
+    """Cross-entropy of a time-dependent classifier on perturbed data.
+
+    ``logits_model(params, x, t, **kw) -> (batch, num_classes)``. For each example t ~ U(eps, t_max)
+    (default T) and x_t = a(t) x + sigma(t) z. Returns ``loss_fn(key, params, batch) -> (loss,
+    {"loss", "accuracy"})`` for :func:`diffjax.training.make_train_step`; the batch is a mapping
+    with "x" and ``label_key``.
+    """
+    t_max = sde.T if t_max is None else t_max
+    if not 0.0 <= eps < t_max <= sde.T:
+        raise ValueError(f"need 0 <= eps < t_max <= T = {sde.T}; got eps={eps}, t_max={t_max}")
+
+    def loss_fn(key, params, batch):
+        x, cond = split_batch(batch)
+        if label_key not in cond:
+            raise ValueError(f"a classifier batch needs labels under {label_key!r}; got keys {sorted(cond)}")
+        labels = cond.pop(label_key).astype(jnp.int32)
+        k_t, k_z, k_model = jax.random.split(key, 3)
+        t = jax.random.uniform(k_t, (x.shape[0],), jnp.float32, eps, t_max)
+        a, s = sde.marginal_coeffs(t)
+        x_t = expand_to(a, x) * x + expand_to(s, x) * jax.random.normal(k_z, x.shape, x.dtype)
+        if rng_kwarg is not None:
+            cond = {**cond, rng_kwarg: k_model}
+        logits = logits_model(params, x_t, t, **cond).astype(jnp.float32)
+        log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[:, None], 1)[:, 0]
+        loss = -jnp.mean(log_p)
+        accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+        return loss, {"loss": loss, "accuracy": accuracy}
+
+    return loss_fn
