@@ -17,4 +17,5 @@ def test_readme_api_tour_runs(capsys):
     assert step == "1" and float(loss) > 0  # one train step taken, a finite positive loss
     assert lines[1].startswith("(512, 2)")  # the sampling tour ran
     assert lines[2] == "True"  # the likelihood equals the exact log-density
-    assert lines[3] == "(2, 8, 8, 1)"  # a network turned into a score model
+    assert lines[3] == "True"  # classifier guidance put every sample in the chosen component
+    assert lines[4] == "(2, 8, 8, 1)"  # a network turned into a score model
