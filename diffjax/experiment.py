@@ -707,7 +707,8 @@ def evaluate(run: Run, key, num: int = 1000, batch_size: Optional[int] = None, i
     x, nfe = generate(run, key, num, batch_size, progress=progress)
     samples = to_unit_range(config, x)
     if config.data.dataset == "digits":
-        model, params, accuracy = metrics.digits_classifier(os.path.join(run.workdir, "eval"))
+        cache = os.path.join(run.workdir, "eval") if run.workdir else None  # the classifier is cached per run
+        model, params, accuracy = metrics.digits_classifier(cache)
         featurize = functools.partial(metrics.digits_features, model, params)
         kind, extra = "digits", {"classifier_test_accuracy": accuracy}
     else:

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax import checkpoint, cli, experiment, images
+from diffjax import checkpoint, cli, experiment, images, metrics
 
 # A tiny DDPM++ on 8x8 digits: every stage of the real job, small enough for two CPU cores.
 TINY_DIGITS = [
@@ -71,6 +71,17 @@ def test_cli_end_to_end_train_sample_likelihood(tmp_path, capsys):
     assert cli.main(["likelihood", "--workdir", workdir, "--num", "8", "--rtol", "1e-2"]) == 0
     text = capsys.readouterr().out
     assert "test bits/dim:" in text and "±" in text and "(8 examples" in text
+
+    # evaluate: digits-FID/KID/IS of samples beside the test split's own values; the classifier is cached
+    assert cli.main(["evaluate", "--workdir", workdir, "--num", "24", "--sampler", "ddim", "--steps", "3",
+                     "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "digits-FID" in text and "samples" in text and "test split" in text and "% test accuracy" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith(("samples", "test"))}
+    # a 20-step model's samples are far worse than real test digits
+    assert float(rows["samples"][1]) > float(rows["test"][2])
+    assert os.path.isfile(os.path.join(workdir, "eval", metrics.DIGITS_CLASSIFIER_FILE))
+    assert cli.main(["evaluate", "--workdir", str(tmp_path / "missing")]) == 2
 
 
 def test_train_resume_rejects_a_changed_config_and_continues_a_longer_one(tmp_path):
