@@ -38,6 +38,7 @@ from diffjax.samplers.base import (
     normal_like,
     prior_sample,
     sample,
+    time_dtype,
 )
 from diffjax.sde import SDE, expand_to
 
@@ -132,7 +133,7 @@ def inpaint_sample(step: Step, score_fn: ScoreFn, key: Array, y: Array, mask: Ar
     """
     check_x_init(y)
     mask = _check_mask(y, mask)
-    ts = check_timesteps(timesteps, step.sde)
+    ts = check_timesteps(timesteps, step.sde, time_dtype(y))
     x = _inpaint_run(_ByIdentity(step), _ByIdentity(score_fn), bool(denoise), False, key, jnp.asarray(y), mask, ts)
     return x, jnp.asarray((ts.shape[0] - 1) * step.nfe + int(bool(denoise)), jnp.int32)
 
@@ -200,7 +201,7 @@ def colorize_sample(step: Step, score_fn: ScoreFn, key: Array, grey: Array, time
     g = jnp.mean(grey, axis=-1, keepdims=True)
     y = decouple_colors(jnp.broadcast_to(g, (*g.shape[:-1], 3)))
     mask = jnp.broadcast_to(jnp.asarray([1.0, 0.0, 0.0], y.dtype), y.shape)
-    ts = check_timesteps(timesteps, step.sde)
+    ts = check_timesteps(timesteps, step.sde, time_dtype(y))
     z = _inpaint_run(_ByIdentity(step), _ByIdentity(score_fn), bool(denoise), True, key, y, mask, ts)
     return couple_colors(z), jnp.asarray((ts.shape[0] - 1) * step.nfe + int(bool(denoise)), jnp.int32)
 

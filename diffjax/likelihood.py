@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.samplers.base import _ByIdentity, _per_example_keys
+from diffjax.samplers.base import _ByIdentity, _per_example_keys, sequenced
 from diffjax.samplers.ode import check_solver_options, probability_flow_drift, solve_adaptive
 from diffjax.sde import SDE
 
@@ -105,7 +105,7 @@ def _probes(keys: Array, shape, n_probes: int, divergence: str, dtype) -> Array:
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9, 10, 11))
 def _log_likelihood(score_box, sde, keys, x, divergence, n_probes, rtol, atol, eps, method, max_steps, per_example):
-    score_fn = score_box.obj
+    score_fn = sequenced(score_box.obj)
     data_shape = x.shape[1:]
     d = math.prod(data_shape)
     probes = _probes(keys, data_shape, n_probes, divergence, x.dtype)

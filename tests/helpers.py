@@ -26,6 +26,17 @@ def mixture_2d() -> GaussianMixture:
     )
 
 
+def mixture_3d() -> GaussianMixture:
+    """Anisotropic 3-D mixture: unequal weights, rotated covariances with eigenvalues in [0.05, 0.4]."""
+    rng = np.random.default_rng(0)
+    covs = []
+    for _ in range(3):
+        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        covs.append(q @ np.diag(rng.uniform(0.05, 0.4, 3)) @ q.T)
+    return GaussianMixture(jnp.array([0.5, 0.3, 0.2]), jnp.asarray(rng.normal(0, 1.5, (3, 3)), jnp.float32),
+                           jnp.asarray(np.stack(covs), jnp.float32))
+
+
 def mixture_16d() -> GaussianMixture:
     d = 16
     means = 2.0 * jax.random.normal(jax.random.PRNGKey(42), (3, d))

@@ -28,7 +28,8 @@ from diffjax.sde import SDE
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
-__all__ = ["Step", "chain", "sample", "example_keys", "prior_sample", "fold_keys", "normal_like", "tweedie_denoise"]
+__all__ = ["Step", "chain", "sample", "example_keys", "prior_sample", "fold_keys", "normal_like", "tweedie_denoise",
+           "sequenced", "time_dtype"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -170,23 +171,71 @@ class _ByIdentity:
         return isinstance(other, _ByIdentity) and other.obj is self.obj
 
 
-def check_timesteps(timesteps: Array, sde: SDE) -> Array:
-    """A 1-D, strictly decreasing grid inside (0, T]; raises ValueError otherwise."""
+def time_dtype(x: Array):
+    """The dtype times and step coefficients are computed in for samples ``x``: float64 for float64
+    data, float32 otherwise (bfloat16 or float16 samples still step with float32 coefficients)."""
+    return jnp.result_type(jnp.asarray(x).dtype, jnp.float32)
+
+
+def check_timesteps(timesteps: Array, sde: SDE, dtype=None) -> Array:
+    """A 1-D, strictly decreasing grid inside (0, T], as ``dtype`` (default: float32, or float64 when
+    the grid is float64); raises ValueError otherwise."""
     ts = jnp.asarray(timesteps)
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(f"timesteps must be a 1-D grid of at least 2 times, T first; got shape {ts.shape}")
+    if not jnp.issubdtype(ts.dtype, jnp.floating):
+        raise TypeError(f"timesteps must be floating point; got {ts.dtype}")
     if not isinstance(ts, jax.core.Tracer):
         v = np.asarray(ts, np.float64)
+        if not np.all(np.isfinite(v)):
+            raise ValueError("timesteps must be finite; got NaN or Inf")
         if not np.all(np.diff(v) < 0):
             raise ValueError("timesteps must be strictly decreasing (from T towards 0)")
         if v[-1] <= 0 or v[0] > sde.T * (1 + 1e-6):
             raise ValueError(f"timesteps must lie in (0, T] = (0, {sde.T}]; got [{v[-1]}, {v[0]}]; end at eps > 0")
-    return ts.astype(jnp.result_type(ts.dtype, jnp.float32))  # float32, or float64 when given
+    return ts.astype(dtype or jnp.result_type(ts.dtype, jnp.float32))
 
 
-def check_x_init(x_init: Array) -> None:
-    if jnp.ndim(x_init) < 2:
-        raise ValueError(f"x_init must have shape (batch, *data_dims) with at least one data dim; got {jnp.shape(x_init)}")
+def check_x_init(x_init: Array, name: str = "x_init") -> None:
+    """Raise unless ``x_init`` is a floating-point array of shape (batch, *data_dims), batch >= 1."""
+    shape = jnp.shape(x_init)
+    if len(shape) < 2:
+        raise ValueError(f"{name} must have shape (batch, *data_dims) with at least one data dim; got {shape}")
+    if shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one example; got shape {shape}")
+    if not jnp.issubdtype(jnp.result_type(x_init), jnp.floating):
+        raise TypeError(f"{name} must be floating point (float32, float64, bfloat16); got {jnp.result_type(x_init)}")
+
+
+def _after(t: Array, x: Array) -> Array:
+    """``t``, made to depend on ``x`` (per example, value unchanged for finite x).
+
+    XLA:CPU runs independent parts of a program concurrently, and jaxlib 0.10's batched LAPACK kernels
+    (solve, slogdet, cholesky, eigh, ... on more than ~2e5 flops of matrices) split their batch into
+    tasks on the same intra-op thread pool and block until those finish. When as many such kernels
+    start at once as the pool has threads (two on a 2-core machine), every thread waits for tasks no
+    thread is left to run: the program hangs at 0 % CPU. A score written with ``jnp.linalg`` often
+    computes such kernels from t alone, so the score evaluations of one sampler step (a corrector
+    and a predictor, Heun's two stages) are independent of each other and can start together.
+    Routing t through ``x`` orders every evaluation after the one that produced its input.
+    ``0 * x`` is kept by XLA (it is NaN for non-finite x), and its gradient is stopped.
+    """
+    first = jnp.reshape(x, (jnp.shape(x)[0], -1))[:, 0]
+    return t + jax.lax.stop_gradient(first * 0).astype(t.dtype)
+
+
+def sequenced(score_fn: ScoreFn) -> ScoreFn:
+    """``score_fn`` whose evaluations run one after the other, each after its input exists.
+
+    The driver, :func:`~diffjax.samplers.ode_sample` and the likelihood wrap the user's score with
+    this, so a score with batched linear algebra cannot deadlock XLA:CPU (see :func:`_after`); it
+    costs one multiply-add per example and changes no value.
+    """
+
+    def score(x, t, *args, **kwargs):
+        return score_fn(x, _after(t, x), *args, **kwargs)
+
+    return score
 
 
 def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: Array, denoise: bool = True):
@@ -209,7 +258,7 @@ def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: 
     if not callable(score_fn):
         raise TypeError("score_fn must be callable score_fn(x, t)")
     check_x_init(x_init)
-    ts = check_timesteps(timesteps, step.sde)
+    ts = check_timesteps(timesteps, step.sde, time_dtype(x_init))
     keys = _per_example_keys(key, jnp.shape(x_init)[0])
     x = _run(_ByIdentity(step), _ByIdentity(score_fn), bool(denoise), keys, x_init, ts)
     nfe = (ts.shape[0] - 1) * step.nfe + int(bool(denoise))
@@ -218,8 +267,12 @@ def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run(step_box, score_box, denoise, keys, x_init, ts):
-    step, score_fn = step_box.obj, score_box.obj
+    step, score_fn = step_box.obj, sequenced(score_box.obj)
     n = x_init.shape[0]
+    state0 = step.init(x_init)
+    # the carry keeps its dtypes whatever precision a step computes in (float32 coefficients on
+    # bfloat16 samples, float64 times with float64 samples)
+    carry_types = jax.tree_util.tree_map(lambda v: jnp.result_type(v), (x_init, state0))
 
     def body(carry, inputs):
         x, state = carry
@@ -227,10 +280,10 @@ def _run(step_box, score_box, denoise, keys, x_init, ts):
         t_b = jnp.full((n,), t, ts.dtype)
         t_next_b = jnp.full((n,), t_next, ts.dtype)
         x, _, state = step.update(fold_keys(keys, k), x, state, t_b, t_next_b, score_fn)
-        return (x, state), None
+        return jax.tree_util.tree_map(lambda v, d: jnp.asarray(v).astype(d), (x, state), carry_types), None
 
     steps = jnp.arange(ts.shape[0] - 1)
-    (x, _), _ = jax.lax.scan(body, (x_init, step.init(x_init)), (steps, ts[:-1], ts[1:]))
+    (x, _), _ = jax.lax.scan(body, (x_init, state0), (steps, ts[:-1], ts[1:]))
     if denoise:
-        x = tweedie_denoise(step.sde, score_fn, x, jnp.full((n,), ts[-1], ts.dtype))
+        x = tweedie_denoise(step.sde, score_fn, x, jnp.full((n,), ts[-1], ts.dtype)).astype(x_init.dtype)
     return x

@@ -9,7 +9,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from diffjax.samplers.base import Step, _ByIdentity, check_x_init, stateless_init, tweedie_denoise
+from diffjax.samplers.base import Step, _ByIdentity, check_x_init, sequenced, stateless_init, time_dtype, tweedie_denoise
 from diffjax.sde import SDE, expand_to
 
 Array = jax.Array
@@ -153,14 +153,15 @@ def ode_sample(
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11))
 def _ode_sample(score_box, sde, x_init, rtol, atol, eps, method, denoise, max_steps, pcoeff, icoeff, per_example):
-    score_fn = score_box.obj
+    score_fn = sequenced(score_box.obj)
+    t_dtype = time_dtype(x_init)
 
     def field(t, x, args):
-        return probability_flow_drift(sde, score_fn, x, jnp.full((x.shape[0],), t, x.dtype))
+        return probability_flow_drift(sde, score_fn, x, jnp.full((x.shape[0],), t, t_dtype)).astype(x.dtype)
 
     x, nfe = solve_adaptive(field, x_init, None, sde.T, eps, method=method, rtol=rtol, atol=atol,
                             max_steps=max_steps, per_example=per_example, pcoeff=pcoeff, icoeff=icoeff)
     if denoise:
-        x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps, x.dtype))
+        x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps, t_dtype)).astype(x_init.dtype)
         nfe = nfe + 1
     return x, nfe

@@ -8,6 +8,8 @@ x_t = sqrt(alpha) x_s + b z with alpha = (a_t / a_s)^2 and b^2 = sigma_t^2 - alp
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -100,36 +102,59 @@ def _langevin_loop(keys, x, t, score_fn, n_steps, step_size_fn):
         z = normal_like(fold_keys(keys, k), x)
         eps = step_size_fn(grad, z)
         x_mean = x + expand_to(eps, x) * grad
-        return x_mean + expand_to(jnp.sqrt(2.0 * eps), x) * z, x_mean
+        x_new = x_mean + expand_to(jnp.sqrt(2.0 * eps), x) * z
+        return x_new.astype(x.dtype), x_mean.astype(x.dtype)
 
     return jax.lax.fori_loop(0, n_steps, body, (x, x))
 
 
-def langevin(sde: SDE, snr: float = 0.16, n_steps: int = 1) -> Step:
+LANGEVIN_NORMS = ("expected", "batch", "per_example")
+
+
+def langevin(sde: SDE, snr: float = 0.16, n_steps: int = 1, norms: str = "expected") -> Step:
     """Langevin corrector with a target signal-to-noise ratio (Song et al. 2021, Alg. 4):
 
         eps = 2 alpha_i (snr ||z|| / ||s||)^2,   x <- x + eps s + sqrt(2 eps) z,
 
-    repeated ``n_steps`` times at the current time. The rule needs the norms to concentrate: in
-    d <= 2 dimensions E[1/||s||^2] is infinite near a mode and single examples take huge steps; use
-    :func:`annealed_langevin` there. alpha_i is the process's discrete ``alphas`` at
-    the nearest step (1 for VE), so it runs on sub-VP too. Norms are per example (the original
-    averaged them over the batch and all devices, coupling the samples).
+    repeated ``n_steps`` times at the current time; alpha_i is the process's discrete ``alphas`` at
+    the nearest step (1 for VE). ``norms`` says where ||z|| and ||s|| come from:
+
+    - ``"expected"`` (default): their expectations, ||z||^2 = d and ||s||^2 = d / sigma(t)^2, the
+      score's squared norm when noise dominates the marginal (by Stam's inequality the Fisher
+      information of p_t is at most d / sigma(t)^2, so this step is never larger than the rule aims
+      for). Then eps = 2 alpha_i (snr sigma(t))^2 depends on t only: each sample is independent
+      of its batch and the step is unadjusted Langevin with a fixed step, whose stationary law is
+      p_t up to O(eps) in every dimension. This is the step of :func:`annealed_langevin`.
+    - ``"batch"``: the original's, the norms averaged over the batch (over all devices under
+      sharding). Right in any dimension for large batches, but every sample depends on the others.
+    - ``"per_example"``: each example's own norms. The step then depends on the position: an
+      unadjusted Langevin chain with step eps(x) has stationary law proportional to p_t / eps(x),
+      here p_t ||s||^2, which is far from p_t when ||s|| does not concentrate (d of a few: a
+      2-D or 3-D mixture comes out with wrong weights and covariances); close to the original for
+      images, where d is in the thousands.
     """
-    if n_steps < 1 or snr <= 0:
+    if n_steps < 1 or not snr > 0:
         raise ValueError(f"langevin needs n_steps >= 1 and snr > 0; got n_steps={n_steps}, snr={snr}")
+    if norms not in LANGEVIN_NORMS:
+        raise ValueError(f"unknown langevin norms {norms!r}; expected one of {LANGEVIN_NORMS}")
+    if norms == "expected":
+        step = annealed_langevin(sde, snr, n_steps)
+        return dataclasses.replace(step, name="langevin")
 
     def update(keys, x, state, t, t_next, score_fn):
         alpha = sde.alphas[sde.timestep_index(t)]
 
         def step_size(grad, z):
-            ratio = _per_example_norm(z) / jnp.maximum(_per_example_norm(grad), 1e-20)
+            z_norm, s_norm = _per_example_norm(z), _per_example_norm(grad)
+            if norms == "batch":
+                z_norm, s_norm = jnp.mean(z_norm), jnp.mean(s_norm)
+            ratio = z_norm / jnp.maximum(s_norm, 1e-20)
             return 2.0 * alpha * (snr * ratio) ** 2
 
         x, x_mean = _langevin_loop(keys, x, t, score_fn, n_steps, step_size)
         return x, x_mean, state
 
-    return Step(stateless_init, update, nfe=n_steps, sde=sde, moves_time=False, name="langevin")
+    return Step(stateless_init, update, nfe=n_steps, sde=sde, moves_time=False, name=f"langevin({norms})")
 
 
 def annealed_langevin(sde: SDE, snr: float = 0.16, n_steps: int = 1) -> Step:
