@@ -45,12 +45,18 @@ def load_config(name_or_path: str = "digits", overrides: Sequence[str] = ()):
     try:
         spec = importlib.util.spec_from_file_location(f"diffjax_config_{abs(hash(path))}", path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # a config file is user code: report what broke, where, in one line
+            raise ValueError(f"config file {path} could not be run ({type(e).__name__}: {e})") from e
     finally:
         sys.path.remove(directory)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path} defines no get_config()")
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except Exception as e:
+        raise ValueError(f"get_config() of {path} failed ({type(e).__name__}: {e})") from e
     apply_overrides(config, overrides)
     return config
 
@@ -109,7 +115,7 @@ def apply_overrides(config, overrides: Sequence[str]) -> None:
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=None, help="a sampler name (dpmpp_2m, ddim, edm_heun, pc, ode, ...); "
                                                    "default: the config's sampling.method")
-    p.add_argument("--steps", type=int, default=None, help="time steps of a fixed-step sampler")
+    p.add_argument("--steps", type=_positive_int, default=None, help="time steps of a fixed-step sampler")
     p.add_argument("--grid", default=None, help="time grid: uniform, quadratic, log_snr or karras")
     p.add_argument("--predictor", default=None, help="predictor of the pc sampler")
     p.add_argument("--corrector", default=None, help="corrector of the pc sampler (none: predictor alone)")
@@ -118,9 +124,28 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance weight w (class-conditional runs trained with label dropout)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``diffjax: error: ... (see diffjax --help)``, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of counts (--num, --steps, --batch): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffjax", description="Score-based generative models through SDEs, in JAX.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,likelihood,evaluate}")
+    parser = _Parser(prog="diffjax", description="Score-based generative models through SDEs, in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,likelihood,evaluate}",
+                                parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a config (default: digits) in a work directory, resuming if possible",
                        epilog="Any config key can be set with --config.SECTION.KEY=VALUE, "
@@ -133,10 +158,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a trained run's EMA parameters")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--num", type=_positive_int, default=64, help="number of samples (default 64)")
     _sampling_flags(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=None, help="samples per compiled call")
+    p.add_argument("--batch", type=_positive_int, default=None, help="samples per compiled call")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", default=None, help="output .npz (default: WORKDIR/samples/samples_STEP.npz); "
                                                "a PNG grid is written beside it")
@@ -144,20 +169,20 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("likelihood", help="bits/dim (or NLL for 2-D toys) of a data split under a trained run")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="test", help="test or train (default test)")
-    p.add_argument("--num", type=int, default=None, help="examples (default: the config's eval.bpd_num_examples)")
+    p.add_argument("--num", type=_positive_int, default=None, help="examples (default: the config's eval.bpd_num_examples)")
     p.add_argument("--rtol", type=float, default=None, help="ODE tolerance (default: the config's eval.bpd_rtol)")
-    p.add_argument("--num-dequantizations", type=int, default=1, help="importance-weighted dequantisation draws")
+    p.add_argument("--num-dequantizations", type=_positive_int, default=1, help="importance-weighted dequantisation draws")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=None, help="examples per compiled call")
+    p.add_argument("--batch", type=_positive_int, default=None, help="examples per compiled call")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p = sub.add_parser("evaluate", help="sample and print FID, KID and IS (digits features for the digits)")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--num", type=int, default=1000, help="number of samples (default 1000)")
+    p.add_argument("--num", type=_positive_int, default=1000, help="number of samples (default 1000)")
     p.add_argument("--inception", default=None,
                    help="FID InceptionV3 weights (.npz, see diffjax.metrics); needed for datasets other than digits")
     _sampling_flags(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=None, help="samples per compiled call")
+    p.add_argument("--batch", type=_positive_int, default=None, help="samples per compiled call")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -194,12 +219,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 initialize_distributed()
             name = os.path.splitext(os.path.basename(args.config))[0]
             workdir = args.workdir or os.path.join("runs", name)
+            if os.path.exists(workdir) and not os.path.isdir(workdir):
+                raise ValueError(f"--workdir {workdir} is a file; expected a directory (new or of this run)")
             result = experiment.train(config, workdir, progress=not args.no_progress)
             if result.get("stopped"):
                 return 0
             print(f"done: step {result['step']} in {result['workdir']}")
             return 0
         if args.command == "sample":
+            if args.out is not None and not args.out.endswith(".npz"):
+                raise ValueError(f"--out {args.out}: the output file must end in .npz")
             run = experiment.load_run(args.workdir, args.step, _sampling_overrides(args))
             out = args.out or os.path.join(args.workdir, "samples", f"samples_{run.step}.npz")
             x, nfe = experiment.generate(run, jax_key(args.seed), args.num, args.batch)
@@ -223,8 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except experiment.NonFiniteLossError as e:
         print(f"diffjax: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
-        print(f"diffjax {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, checkpoint.CheckpointError) as e:
+        message = " ".join(str(e).split())  # one line, whatever the exception carried
+        print(f"diffjax {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse requires a command
 

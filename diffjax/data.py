@@ -97,6 +97,10 @@ class ArrayLoader:
                  random_flip: bool = False, shard_index: int = 0, shard_count: int = 1):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        if len(data) == 0:
+            raise ValueError("the dataset is empty (0 examples); expected at least one batch of examples")
+        if np.issubdtype(np.asarray(data).dtype, np.floating) and not np.all(np.isfinite(data)):
+            raise ValueError("the dataset holds NaN or Inf values; expected finite data")
         global_batch = batch_size * shard_count
         if global_batch > len(data):
             raise ValueError(f"batch of {global_batch} examples is larger than the data ({len(data)} examples)")
@@ -247,7 +251,15 @@ def tfds_loader(name: str, split: str, batch_size: int, *, data_dir: Optional[st
         import tensorflow_datasets as tfds
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("TFDS datasets need `pip install tensorflow-datasets grain` (no TensorFlow)") from e
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises many types (not found, not prepared, corrupt); one message for all
+        where = data_dir or "the TFDS default data directory"
+        raise ValueError(f"cannot read TFDS dataset {name!r} (split {split!r}) from {where}: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]}; prepare it first (`tfds build {name}`) — "
+                         "diffjax never downloads") from None
+    if len(source) == 0:
+        raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty; expected at least one example")
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
 

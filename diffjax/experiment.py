@@ -325,17 +325,17 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
     _check_multiples(t)
     main = parallel.is_main_process()
     workdir = os.path.abspath(workdir)
-    sde, model = build_sde(config), build_model(config)
-    conditional = bool(getattr(model, "num_classes", 0))
     mesh = parallel.make_mesh(config.parallel.fsdp)
     parallel.check_global_batch(t.batch_size, mesh)
+    loader = build_loader(config, "train", t.batch_size // jax.process_count())  # a bad dataset fails before compiling
+    sde, model = build_sde(config), build_model(config)
+    conditional = bool(getattr(model, "num_classes", 0))
     optimizer = build_optimizer(config)
     step_fn = training.make_train_step(build_loss(config, sde, model), optimizer, ema_rate=config.model.ema_rate,
                                        skip_nonfinite=True)
     init = functools.partial(_init_state, model, optimizer, example_shape(config))
     key0 = jax.random.PRNGKey(config.seed)
     shardings = parallel.state_shardings(jax.eval_shape(init, key0), mesh, config.parallel.fsdp > 1)
-    loader = build_loader(config, "train", t.batch_size // jax.process_count())
 
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_last,
                                    keep_period=t.keep_period or None)
@@ -488,9 +488,13 @@ def restore_state(workdir: str, step: Optional[int] = None, config_overrides=Non
                                 f"`diffjax train --workdir {workdir}`")
     ckpt = checkpoint.Checkpointer(directory)
     try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise checkpoint.CheckpointError(f"no checkpoint in {directory}")
+        saved = ckpt.all_steps()
+        if not saved:
+            raise checkpoint.CheckpointError(f"no checkpoint in {directory}; train first with "
+                                             f"`diffjax train --workdir {workdir}`")
+        step = max(saved) if step is None else step
+        if step not in saved:
+            raise checkpoint.CheckpointError(f"no checkpoint of step {step} in {directory}; saved steps: {sorted(saved)}")
         config = ml_collections.ConfigDict(ckpt.restore_config(step))
         apply_overrides(config, config_overrides or ())
         init = functools.partial(_init_state, build_model(config), build_optimizer(config), example_shape(config))

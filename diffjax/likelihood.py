@@ -38,6 +38,11 @@ def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, metho
         raise TypeError("score_fn must be callable score_fn(x, t)")
     if jnp.ndim(x) < 2:
         raise ValueError(f"x must have shape (batch, *data_dims) with at least one data dim; got {jnp.shape(x)}")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"x must be floating point data in the model's range; got {jnp.result_type(x)} "
+                        "(integer levels go through bits_per_dim)")
+    if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
+        raise ValueError("x holds NaN or Inf; the likelihood needs finite data")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
     if not isinstance(n_probes, int) or n_probes < 1:

@@ -50,8 +50,9 @@ def expand_to(v: Array, x: Array) -> Array:
     return jnp.reshape(v, v.shape + (1,) * (jnp.ndim(x) - v.ndim))
 
 
-def check_batch_time(x: Array, t: Array, x_name: str = "x") -> None:
-    """Raise a ValueError unless ``x`` has shape (batch, ...) and ``t`` has shape (batch,)."""
+def check_batch_time(x: Array, t: Array, x_name: str = "x", T: float = 1.0) -> None:
+    """Raise a ValueError unless ``x`` has shape (batch, ...) and ``t`` has shape (batch,), and, when t
+    is concrete (not traced), every t lies in [0, T]."""
     x_shape = tuple(jnp.shape(x))
     t_shape = tuple(jnp.shape(t))
     if len(x_shape) < 1:
@@ -60,6 +61,10 @@ def check_batch_time(x: Array, t: Array, x_name: str = "x") -> None:
         raise ValueError(
             f"t must have shape (batch,) = ({x_shape[0]},) to match {x_name} of shape {x_shape}; got {t_shape}"
         )
+    if not isinstance(t, jax.core.Tracer) and t_shape[0]:
+        v = np.asarray(t, np.float64)
+        if not (np.all(v >= 0) and np.all(v <= T * (1 + 1e-6))):
+            raise ValueError(f"t must lie in [0, T] = [0, {T}]; got values in [{v.min()}, {v.max()}]")
 
 
 def _concrete_float(v) -> float | None:

@@ -225,7 +225,8 @@ def _after(t: Array, x: Array) -> Array:
 
 
 def sequenced(score_fn: ScoreFn) -> ScoreFn:
-    """``score_fn`` whose evaluations run one after the other, each after its input exists.
+    """``score_fn`` whose evaluations run one after the other, each after its input exists, and whose
+    output is checked to have the shape of x (at trace time, so for free).
 
     The driver, :func:`~diffjax.samplers.ode_sample` and the likelihood wrap the user's score with
     this, so a score with batched linear algebra cannot deadlock XLA:CPU (see :func:`_after`); it
@@ -233,7 +234,10 @@ def sequenced(score_fn: ScoreFn) -> ScoreFn:
     """
 
     def score(x, t, *args, **kwargs):
-        return score_fn(x, _after(t, x), *args, **kwargs)
+        out = score_fn(x, _after(t, x), *args, **kwargs)
+        if jnp.shape(out) != jnp.shape(x):
+            raise ValueError(f"score_fn(x, t) returned shape {jnp.shape(out)}; expected the shape of x, {jnp.shape(x)}")
+        return out
 
     return score
 
