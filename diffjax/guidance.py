@@ -25,12 +25,13 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.tree_util import Partial
 import numpy as np
 
 from diffjax.losses import split_batch
+from diffjax._jit import filter_jit
 from diffjax.samplers.base import (
     Step,
-    _ByIdentity,
     _per_example_keys,
     check_timesteps,
     check_x_init,
@@ -38,6 +39,7 @@ from diffjax.samplers.base import (
     normal_like,
     prior_sample,
     sample,
+    step_class,
     time_dtype,
 )
 from diffjax.sde import SDE, expand_to
@@ -98,28 +100,53 @@ def _check_mask(y: Array, mask: Array) -> Array:
     return mask.astype(jnp.result_type(y))
 
 
-def inpaint(step: Step, y: Array, mask: Array) -> Step:
+@step_class
+class Inpaint(Step):
     """``step`` with the known region (mask = 1) of ``y`` (batch, ...) re-imposed after every update.
 
     After the wrapped update (at t_next for a predictor, at t for a corrector) the known pixels of
     x become a(t) y + sigma(t) z and those of x_mean become a(t) y; the unknown pixels are the
-    step's own. The result is a :class:`Step` for :func:`diffjax.samplers.sample`; build it inside
-    ``jax.jit`` (as :func:`inpaint_sample` does) when y changes from call to call.
+    step's own. ``y`` and ``mask`` are children of the step's pytree: new known data of the same
+    shape does not recompile the sampler.
     """
+
+    step: Step
+    y: Array
+    mask: Array
+
+    @property
+    def sde(self) -> SDE:
+        return self.step.sde
+
+    @property
+    def nfe(self) -> int:
+        return self.step.nfe
+
+    @property
+    def moves_time(self) -> bool:
+        return self.step.moves_time
+
+    @property
+    def name(self) -> str:
+        return f"inpaint({self.step.name})"
+
+    def init(self, x):
+        return self.step.init(x)
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        if jnp.shape(x) != jnp.shape(self.y):
+            raise ValueError(f"the samples {jnp.shape(x)} and the known data {jnp.shape(self.y)} must have one shape")
+        x, x_mean, state = self.step.update(keys, x, state, t, t_next, score_fn)
+        now = t_next if self.step.moves_time else t
+        known, known_mean = forward_perturb(self.sde, fold_keys(keys, _PERTURB_FOLD), self.y, now)
+        return paste_known(x, known, self.mask), paste_known(x_mean, known_mean, self.mask), state
+
+
+def inpaint(step: Step, y: Array, mask: Array) -> Inpaint:
+    """``step`` with the known region of ``y`` re-imposed after every update (see :class:`Inpaint`)."""
     if not isinstance(step, Step):
         raise TypeError(f"inpaint wraps a diffjax.samplers.Step; got {type(step).__name__}")
-    mask = _check_mask(y, mask)
-    sde = step.sde
-
-    def update(keys, x, state, t, t_next, score_fn):
-        if jnp.shape(x) != jnp.shape(y):
-            raise ValueError(f"the samples {jnp.shape(x)} and the known data {jnp.shape(y)} must have one shape")
-        x, x_mean, state = step.update(keys, x, state, t, t_next, score_fn)
-        now = t_next if step.moves_time else t
-        known, known_mean = forward_perturb(sde, fold_keys(keys, _PERTURB_FOLD), y, now)
-        return paste_known(x, known, mask), paste_known(x_mean, known_mean, mask), state
-
-    return Step(step.init, update, nfe=step.nfe, sde=sde, moves_time=step.moves_time, name=f"inpaint({step.name})")
+    return Inpaint(step, jnp.asarray(y), _check_mask(y, mask))
 
 
 def inpaint_sample(step: Step, score_fn: ScoreFn, key: Array, y: Array, mask: Array, timesteps: Array,
@@ -134,7 +161,7 @@ def inpaint_sample(step: Step, score_fn: ScoreFn, key: Array, y: Array, mask: Ar
     check_x_init(y)
     mask = _check_mask(y, mask)
     ts = check_timesteps(timesteps, step.sde, time_dtype(y))
-    x = _inpaint_run(_ByIdentity(step), _ByIdentity(score_fn), bool(denoise), False, key, jnp.asarray(y), mask, ts)
+    x = _inpaint_run(step, score_fn, bool(denoise), False, key, jnp.asarray(y), mask, ts)
     return x, jnp.asarray((ts.shape[0] - 1) * step.nfe + int(bool(denoise)), jnp.int32)
 
 
@@ -153,8 +180,7 @@ def _inpaint_impl(step, score_fn, denoise, decoupled, key, y, mask, ts):
     return paste_known(x, y, mask)
 
 
-_inpaint_run = jax.jit(lambda s, f, d, c, key, y, mask, ts: _inpaint_impl(s.obj, f.obj, d, c, key, y, mask, ts),
-                       static_argnums=(0, 1, 2, 3))
+_inpaint_run = filter_jit(_inpaint_impl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,7 +228,7 @@ def colorize_sample(step: Step, score_fn: ScoreFn, key: Array, grey: Array, time
     y = decouple_colors(jnp.broadcast_to(g, (*g.shape[:-1], 3)))
     mask = jnp.broadcast_to(jnp.asarray([1.0, 0.0, 0.0], y.dtype), y.shape)
     ts = check_timesteps(timesteps, step.sde, time_dtype(y))
-    z = _inpaint_run(_ByIdentity(step), _ByIdentity(score_fn), bool(denoise), True, key, y, mask, ts)
+    z = _inpaint_run(step, score_fn, bool(denoise), True, key, y, mask, ts)
     return couple_colors(z), jnp.asarray((ts.shape[0] - 1) * step.nfe + int(bool(denoise)), jnp.int32)
 
 
@@ -210,66 +236,75 @@ def colorize_sample(step: Step, score_fn: ScoreFn, key: Array, grey: Array, time
 # Classifier guidance
 
 
-def classifier_log_prob(logits_fn: Callable[[Array, Array], Array], labels: Array) -> Callable[[Array, Array], Array]:
+def _classifier_log_prob(logits_fn, labels, x, t):
+    logits = logits_fn(x, t)
+    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"logits_fn must return (batch, num_classes) for {labels.shape[0]} labels; got {logits.shape}")
+    return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[:, None].astype(jnp.int32), 1)[:, 0]
+
+
+def classifier_log_prob(logits_fn: Callable[[Array, Array], Array], labels: Array) -> Partial:
     """``log_prob(x, t) -> (batch,)``: log p_t(labels | x) = log_softmax(logits_fn(x, t))[labels],
-    for a time-dependent classifier ``logits_fn(x, t) -> (batch, num_classes)`` and labels (batch,)."""
-    labels = jnp.asarray(labels)
+    for a time-dependent classifier ``logits_fn(x, t) -> (batch, num_classes)`` and labels (batch,).
+    A ``Partial``: the labels (and a pytree classifier's parameters) are traced, not compiled in."""
+    return Partial(_classifier_log_prob, logits_fn, jnp.asarray(labels))
 
-    def log_prob(x, t):
-        logits = logits_fn(x, t)
-        if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
-            raise ValueError(f"logits_fn must return (batch, num_classes) for {labels.shape[0]} labels; "
-                             f"got {logits.shape}")
-        return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[:, None].astype(jnp.int32), 1)[:, 0]
 
-    return log_prob
+def _is_zero(w) -> bool:
+    """w == 0 for a Python number (static); arrays are traced, so never known to be zero."""
+    return isinstance(w, (int, float)) and not isinstance(w, bool) and w == 0
+
+
+def _classifier_guided(score_fn, log_prob_fn, scale, x, t):
+    grad = jax.grad(lambda x_: jnp.sum(log_prob_fn(x_, t)))(x)
+    return (score_fn(x, t) + scale * grad).astype(x.dtype)
 
 
 def classifier_guided_score(score_fn: ScoreFn, log_prob_fn: Callable[[Array, Array], Array],
-                            scale: float = 1.0) -> ScoreFn:
+                            scale: float | Array = 1.0) -> Partial:
     """s(x, t) + scale * grad_x log p_t(y | x), with ``log_prob_fn(x, t) -> (batch,)`` (labels closed
     over, see :func:`classifier_log_prob`). With the exact scores and classifier, scale 1 samples
-    p(x | y); larger scales sharpen it."""
-    grad_fn = jax.grad(lambda x, t: jnp.sum(log_prob_fn(x, t)))
-
-    def guided(x, t):
-        return score_fn(x, t) + scale * grad_fn(x, t).astype(x.dtype)
-
-    return guided
+    p(x | y); larger scales sharpen it. A ``Partial`` whose leaves (the scores' and classifier's
+    parameters, ``scale`` when an array) are traced: pass ``scale`` as an array to change it, or
+    differentiate with respect to it, without recompiling."""
+    return Partial(_classifier_guided, score_fn, log_prob_fn, scale)
 
 
-def guided_score(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, w: float) -> ScoreFn:
+def _guided(cond_score_fn, uncond_score_fn, w, x, t):
+    if _is_zero(w):
+        return cond_score_fn(x, t)
+    return ((1.0 + w) * cond_score_fn(x, t) - w * uncond_score_fn(x, t)).astype(x.dtype)
+
+
+def guided_score(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, w: float | Array) -> Partial:
     """(1 + w) s(x, t | y) - w s(x, t): classifier-free guidance from two score functions.
 
     w = 0 is conditional sampling; with exact scores this equals classifier guidance at scale
-    1 + w, since s(x | y) - s(x) = grad_x log p_t(y | x)."""
-
-    def guided(x, t):
-        if w == 0:
-            return cond_score_fn(x, t)
-        return (1.0 + w) * cond_score_fn(x, t) - w * uncond_score_fn(x, t)
-
-    return guided
+    1 + w, since s(x | y) - s(x) = grad_x log p_t(y | x). ``w`` as a Python number is static (one
+    program per value; w = 0 evaluates one score); as an array it is traced (no recompile, and
+    differentiable)."""
+    return Partial(_guided, cond_score_fn, uncond_score_fn, w)
 
 
-def classifier_free_guided_score(score_model: Callable[..., Array], params: Any, labels: Array, w: float,
-                                 null_label: int, label_key: str = "class_labels") -> ScoreFn:
+def _classifier_free(score_model, params, labels, w, null_label, label_key, x, t):
+    if _is_zero(w):
+        return score_model(params, x, t, **{label_key: labels})
+    both = score_model(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                       **{label_key: jnp.concatenate([labels, jnp.full_like(labels, null_label)])})
+    cond, uncond = jnp.split(both, 2)
+    return ((1.0 + w) * cond - w * uncond).astype(x.dtype)
+
+
+def classifier_free_guided_score(score_model: Callable[..., Array], params: Any, labels: Array, w: float | Array,
+                                 null_label: int, label_key: str = "class_labels") -> Partial:
     """Classifier-free guidance with one conditional network ``score_model(params, x, t, **{label_key: labels})``
     trained with label dropout: the unconditional score is the network at ``null_label`` (for diffjax
-    networks, ``num_classes``). The two evaluations run as one batch of 2B."""
+    networks, ``num_classes``). The two evaluations run as one batch of 2B. A ``Partial``: params and
+    labels are traced; ``w`` as for :func:`guided_score`."""
     labels = jnp.asarray(labels)
     if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be integers of shape (batch,); got {labels.dtype} {labels.shape}")
-
-    def guided(x, t):
-        if w == 0:
-            return score_model(params, x, t, **{label_key: labels})
-        both = score_model(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                           **{label_key: jnp.concatenate([labels, jnp.full_like(labels, null_label)])})
-        cond, uncond = jnp.split(both, 2)
-        return (1.0 + w) * cond - w * uncond
-
-    return guided
+    return Partial(_classifier_free, score_model, params, labels, w, int(null_label), label_key)
 
 
 def with_label_dropout(loss_fn: Callable, p: float, null_label: int, label_key: str = "class_labels") -> Callable:

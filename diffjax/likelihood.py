@@ -13,14 +13,14 @@ negligible for VP and sub-VP at T = 1, and not for VE with a small sigma_max).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.samplers.base import _ByIdentity, _per_example_keys, sequenced
+from diffjax._jit import filter_jit
+from diffjax.samplers.base import _per_example_keys, sequenced
 from diffjax.samplers.ode import check_solver_options, probability_flow_drift, solve_adaptive
 from diffjax.sde import SDE
 
@@ -94,7 +94,7 @@ def log_likelihood(
     _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method)
     keys = _per_example_keys(key, jnp.shape(x)[0])
     return _log_likelihood(
-        _ByIdentity(score_fn), sde, keys, jnp.asarray(x), divergence, int(n_probes), float(rtol), float(atol),
+        score_fn, sde, keys, jnp.asarray(x), divergence, int(n_probes), float(rtol), float(atol),
         float(eps), method, int(max_steps), bool(per_example),
     )
 
@@ -108,9 +108,9 @@ def _probes(keys: Array, shape, n_probes: int, divergence: str, dtype) -> Array:
     return jax.vmap(draw)(keys)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9, 10, 11))
-def _log_likelihood(score_box, sde, keys, x, divergence, n_probes, rtol, atol, eps, method, max_steps, per_example):
-    score_fn = sequenced(score_box.obj)
+@filter_jit
+def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, eps, method, max_steps, per_example):
+    score_fn = sequenced(score_fn)
     data_shape = x.shape[1:]
     d = math.prod(data_shape)
     probes = _probes(keys, data_shape, n_probes, divergence, x.dtype)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._jit import Bound, bind
 from diffjax.sde import SDE, check_batch_time
 
 Array = jax.Array
@@ -34,6 +35,9 @@ class GaussianMixture:
     weights: Array
     means: Array
     covs: Array
+    # (eigenvalues (K, d), eigenvectors (K, d, d)) of covs: computed once from concrete covariances
+    # and carried as data, so a traced mixture (inside a compiled sampler) does not decompose again
+    eig: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         fields = (self.weights, self.means, self.covs)
@@ -44,10 +48,10 @@ class GaussianMixture:
             raise ValueError(
                 f"GaussianMixture needs weights (K,), means (K, d), covs (K, d, d); got {w}, {m}, {c}"
             )
-        if not isinstance(self.covs, jax.core.Tracer):
-            # concrete covariances: decompose once, not at every score evaluation inside a solver
+        if self.eig is None and not isinstance(self.covs, jax.core.Tracer):
+            dtype = jnp.asarray(self.covs).dtype  # float64 mixtures keep float64 eigenpairs
             lam, u = np.linalg.eigh(np.asarray(self.covs, np.float64))
-            object.__setattr__(self, "_eig", (jnp.asarray(lam, jnp.float32), jnp.asarray(u, jnp.float32)))
+            object.__setattr__(self, "eig", (jnp.asarray(lam, dtype), jnp.asarray(u, dtype)))
 
     @property
     def num_components(self) -> int:
@@ -86,8 +90,7 @@ class GaussianMixture:
 
     def _components(self, x: Array, a: Array, s: Array) -> tuple[Array, Array]:
         """Per example and component: log pi_k N(x; a mu_k, C_k) (B, K) and C_k^{-1}(x - a mu_k) (B, K, d)."""
-        eig = getattr(self, "_eig", None)
-        lam, u = eig if eig is not None else jnp.linalg.eigh(self.covs)  # (K, d), (K, d, d)
+        lam, u = self.eig if self.eig is not None else jnp.linalg.eigh(self.covs)  # (K, d), (K, d, d)
         lam, u = lam.astype(x.dtype), u.astype(x.dtype)
         var = a[:, None, None] ** 2 * lam[None] + s[:, None, None] ** 2  # (B, K, d)
         diff = x[:, None, :] - a[:, None, None] * self.means[None]  # (B, K, d)
@@ -128,13 +131,14 @@ class GaussianMixture:
         resp = jax.nn.softmax(log_comp, axis=-1)
         return -jnp.einsum("bk,bkd->bd", resp, prec_diff)
 
-    def score_fn(self, sde: SDE):
-        """The exact score of the process's marginals as a plain ``score_fn(x, t)``."""
-
-        def score_fn(x: Array, t: Array) -> Array:
-            return self.score(x, sde, t)
-
-        return score_fn
+    def score_fn(self, sde: SDE) -> Bound:
+        """The exact score of the process's marginals, ``score_fn(x, t)``: a pytree whose leaves are
+        the mixture's arrays (see :func:`diffjax._jit.bind`), so samplers compile once for it."""
+        return bind(_mixture_score, self, sde)
 
 
-jax.tree_util.register_dataclass(GaussianMixture, data_fields=["weights", "means", "covs"], meta_fields=[])
+jax.tree_util.register_dataclass(GaussianMixture, data_fields=["weights", "means", "covs", "eig"], meta_fields=[])
+
+
+def _mixture_score(mixture: GaussianMixture, sde: SDE, x: Array, t: Array) -> Array:
+    return mixture.score(x, sde, t)

@@ -17,10 +17,12 @@ chain's at the nearest step (discrete time).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.tree_util import Partial
 
 from diffjax.sde import SDE, VESDE, SubVPSDE, VPSDE, check_batch_time, expand_to
 
@@ -35,6 +37,8 @@ __all__ = [
     "output_to_score",
     "eps_from_score",
     "x0_from_score",
+    "ScoreModel",
+    "ModuleApply",
     "make_score_model",
     "make_score_fn",
     "score_fn_from_module",
@@ -101,6 +105,57 @@ def x0_from_score(score: Array, x: Array, a: Array, sigma: Array) -> Array:
     return (x + expand_to(sigma, x) ** 2 * score) / expand_to(a, x)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoreModel:
+    """``score_model(params, x, t, **cond) -> score`` from a network ``apply_fn(params, x, labels, **cond)``.
+
+    A frozen dataclass: two score models built alike are equal and hash alike, so they key jit
+    caches by value. ``apply_fn`` is compared as given (by identity for a plain function; wrap a
+    Flax module with :class:`ModuleApply`, which compares by the module's configuration). See
+    :func:`make_score_model` for the fields.
+    """
+
+    apply_fn: Callable[..., Array]
+    sde: SDE
+    prediction: str = "eps"
+    continuous: bool = True
+    scale_by_sigma: bool = False
+    label_fn: Optional[Callable[[Array], Array]] = None
+
+    def __post_init__(self):
+        _check_prediction(self.prediction)
+        if self.scale_by_sigma and self.prediction != "score":
+            raise ValueError(f"scale_by_sigma applies to prediction='score' only; got prediction={self.prediction!r}")
+        if not callable(self.apply_fn):
+            raise TypeError(f"apply_fn must be callable apply_fn(params, x, labels); got {type(self.apply_fn).__name__}")
+        if not isinstance(self.sde, SDE):
+            raise TypeError(f"sde must be a diffjax process (VESDE, VPSDE, SubVPSDE); got {type(self.sde).__name__}")
+        if self.label_fn is None:
+            time_labels(self.sde, jnp.zeros((1,)), self.continuous)  # fail now, not at trace time
+
+    def __call__(self, params: Any, x: Array, t: Array, **cond) -> Array:
+        check_batch_time(x, t)
+        labels = self.label_fn(t) if self.label_fn is not None else time_labels(self.sde, t, self.continuous)
+        output = self.apply_fn(params, x, labels, **cond)
+        a, sigma = model_marginal_coeffs(self.sde, t, self.continuous)
+        if self.prediction == "score" and self.scale_by_sigma:
+            return output / expand_to(sigma, x)
+        return output_to_score(output, x, a, sigma, self.prediction)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleApply:
+    """``module.apply`` as a value: equal for equal Flax modules (a bound method compares by the
+    module's identity, so ``net.apply`` of two equal networks would not key a cache alike).
+    ``kwargs`` (a tuple of pairs) are passed to every call, e.g. ``(("train", False),)``."""
+
+    module: Any
+    kwargs: tuple = ()
+
+    def __call__(self, params, *args, **kwargs):
+        return self.module.apply(params, *args, **dict(self.kwargs), **kwargs)
+
+
 def make_score_model(
     apply_fn: Callable[..., Array],
     sde: SDE,
@@ -109,7 +164,7 @@ def make_score_model(
     continuous: bool = True,
     scale_by_sigma: bool = False,
     label_fn: Callable[[Array], Array] | None = None,
-) -> Callable[..., Array]:
+) -> ScoreModel:
     """A score model ``score_model(params, x, t, **cond) -> score`` from ``apply_fn(params, x, labels, **cond)``.
 
     Args:
@@ -121,50 +176,36 @@ def make_score_model(
       continuous: continuous-time labels and marginals, or the discrete chain's.
       scale_by_sigma: with ``prediction="score"``, divide the output by sigma (NCSN++'s option).
       label_fn: overrides the label map, ``label_fn(t) -> labels``.
+
+    Returns a :class:`ScoreModel` (a value: equal when built alike).
     """
-    _check_prediction(prediction)
-    if scale_by_sigma and prediction != "score":
-        raise ValueError(f"scale_by_sigma applies to prediction='score' only; got prediction={prediction!r}")
-    if not callable(apply_fn):
-        raise TypeError(f"apply_fn must be callable apply_fn(params, x, labels); got {type(apply_fn).__name__}")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a diffjax process (VESDE, VPSDE, SubVPSDE); got {type(sde).__name__}")
-    if label_fn is None:
-        time_labels(sde, jnp.zeros((1,)), continuous)  # fail now, not at trace time, on unknown processes
-
-    def score_model(params: Any, x: Array, t: Array, **cond) -> Array:
-        check_batch_time(x, t)
-        labels = label_fn(t) if label_fn is not None else time_labels(sde, t, continuous)
-        output = apply_fn(params, x, labels, **cond)
-        a, sigma = model_marginal_coeffs(sde, t, continuous)
-        if prediction == "score" and scale_by_sigma:
-            return output / expand_to(sigma, x)
-        return output_to_score(output, x, a, sigma, prediction)
-
-    return score_model
+    return ScoreModel(apply_fn, sde, prediction, bool(continuous), bool(scale_by_sigma), label_fn)
 
 
-def make_score_fn(apply_fn: Callable[..., Array], params: Any, sde: SDE, **kwargs) -> Callable[..., Array]:
-    """``score_fn(x, t, **cond)`` with ``params`` closed over; keyword arguments as :func:`make_score_model`."""
-    score_model = make_score_model(apply_fn, sde, **kwargs)
+def make_score_fn(apply_fn: Callable[..., Array], params: Any, sde: SDE, **kwargs) -> Partial:
+    """``score_fn(x, t, **cond)`` of a network with parameters ``params``: keyword arguments as
+    :func:`make_score_model`.
 
-    def score_fn(x: Array, t: Array, **cond) -> Array:
-        return score_model(params, x, t, **cond)
+    It is ``jax.tree_util.Partial(score_model, params)``, a pytree whose leaves are the
+    parameters: the samplers, the likelihood and guidance trace them, so new parameters of the same
+    shapes and dtypes (every few hundred training steps, say) never recompile. Prefer it to a
+    closure ``lambda x, t: score_model(params, x, t)``, which keys the compile cache by identity.
+    """
+    return Partial(make_score_model(apply_fn, sde, **kwargs), params)
 
-    return score_fn
 
-
-def score_fn_from_module(module: Any, params: Any, sde: SDE, *, continuous: bool | None = None) -> Callable[..., Array]:
-    """Score function of a network that declares its output: reads ``module.prediction``,
-    ``module.scale_by_sigma`` (default False) and how it reads time, ``module.continuous`` (default
-    True; the ``continuous`` argument overrides it), and calls ``module.apply(params, x, labels, **cond)``."""
+def score_fn_from_module(module: Any, params: Any, sde: SDE, *, continuous: bool | None = None) -> Partial:
+    """Score function (a ``Partial``, see :func:`make_score_fn`) of a network that declares its output:
+    reads ``module.prediction``, ``module.scale_by_sigma`` (default False) and how it reads time,
+    ``module.continuous`` (default True; the ``continuous`` argument overrides it), and calls
+    ``module.apply(params, x, labels, **cond)``."""
     prediction = getattr(module, "prediction", None)
     if prediction is None:
         raise TypeError(f"{type(module).__name__} declares no `prediction`; use make_score_fn(apply_fn, ..., prediction=...)")
     if continuous is None:
         continuous = bool(getattr(module, "continuous", True))
     return make_score_fn(
-        module.apply,
+        ModuleApply(module),
         params,
         sde,
         prediction=prediction,

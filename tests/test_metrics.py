@@ -95,15 +95,18 @@ def _torch_layout(variables):
     return out
 
 
-def test_inception_v3_shapes_and_torch_weight_conversion(tmp_path):
+def test_inception_v3_torch_weight_conversion(tmp_path):
+    """The converter maps pytorch-fid's state dict onto the Flax InceptionV3 exactly. The network's
+    shapes come from tracing (no compile); the weights are random arrays of those shapes."""
     net = metrics.InceptionV3()
-    variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)))
+    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)))
     # the InceptionV3 graph has 94 conv + batch-norm units (and one fc layer)
-    kernels = [p for p in jax.tree_util.tree_leaves_with_path(variables) if jax.tree_util.keystr(p[0]).endswith("['kernel']")]
+    kernels = [p for p in jax.tree_util.tree_leaves_with_path(shapes) if jax.tree_util.keystr(p[0]).endswith("['kernel']")]
     assert len(kernels) == 95
-    pooled, logits = net.apply(variables, jax.random.uniform(jax.random.PRNGKey(1), (2, 75, 75, 3), minval=-1.0))
+    pooled, logits = jax.eval_shape(net.apply, shapes, jax.ShapeDtypeStruct((2, 75, 75, 3), jnp.float32))
     assert pooled.shape == (2, 2048) and logits.shape == (2, 1008)
-    assert np.all(np.asarray(pooled) >= 0)  # pooled ReLU outputs
+    rng = np.random.default_rng(0)
+    variables = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
     state = _torch_layout(variables)
     state["Conv2d_1a_3x3.bn.num_batches_tracked"] = np.array(0)
     path = str(tmp_path / "inception.npz")
@@ -117,6 +120,16 @@ def test_inception_v3_shapes_and_torch_weight_conversion(tmp_path):
         metrics.load_inception_params(path)
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05"):
         metrics.load_inception_params(str(tmp_path / "absent.npz"))
+
+
+@pytest.mark.slow
+def test_inception_v3_forward_pass():
+    net = metrics.InceptionV3()
+    variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)))
+    pooled, logits = net.apply(variables, jax.random.uniform(jax.random.PRNGKey(1), (2, 75, 75, 3), minval=-1.0))
+    assert pooled.shape == (2, 2048) and logits.shape == (2, 1008)
+    assert np.all(np.asarray(pooled) >= 0)  # pooled ReLU outputs
+    assert np.all(np.isfinite(np.asarray(logits)))
 
 
 def test_digits_classifier_features_separate_digits_from_noise(tmp_path):

@@ -250,7 +250,8 @@ def test_ddpm_and_ncsnv2_forward():
 # A few training steps on digits: the loss on a fixed held-out batch (fixed t and noise) falls.
 
 
-@pytest.mark.parametrize("name,sde", [("ncsnpp", diffjax.VESDE(sigma_max=20.0)), ("ddpmpp_digits8", diffjax.VPSDE())])
+@pytest.mark.parametrize("name,sde", [("ncsnpp", diffjax.VESDE(sigma_max=20.0)),
+                                      pytest.param("ddpmpp_digits8", diffjax.VPSDE(), marks=pytest.mark.slow)])
 def test_tiny_network_trains_on_digits(name, sde):
     images, _ = load_digits()
     x = (images.astype(np.float32) / 16.0 * 2.0 - 1.0)[..., None]

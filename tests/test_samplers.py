@@ -57,8 +57,14 @@ def run_config(sde, gm, cfg, key=jax.random.PRNGKey(7)):
     return S.sample(step, gm.score_fn(sde), key, x_init, S.TIME_GRIDS[grid](sde, steps))
 
 
-@pytest.mark.parametrize("proc", PROCESSES)
-@pytest.mark.parametrize("cfg", CONFIGS, ids=[c[0] for c in CONFIGS])
+# sub-VP runs a representative subset by default and every config under -m slow
+_SUBVP_DEFAULT = ("reverse_diffusion", "ancestral", "ode_heun", "ddim", "dpmpp_2m")
+CASES_2D = [pytest.param(proc, cfg, id=f"{cfg[0]}-{proc}",
+                         marks=pytest.mark.slow if proc == "subvp" and cfg[0] not in _SUBVP_DEFAULT else ())
+            for cfg in CONFIGS for proc in PROCESSES]
+
+
+@pytest.mark.parametrize("proc,cfg", CASES_2D)
 def test_samplers_reproduce_a_2d_mixture(proc, cfg):
     sde = PROCESSES[proc]
     x, _ = run_config(sde, mixture_2d(), cfg)
@@ -176,9 +182,9 @@ def test_euler_maruyama_has_weak_order_one():
     eps = sde.sampling_eps
     a, s = sde.marginal_coeffs(jnp.float32(eps))
     exact = float((a * m) ** 2 + a**2 * v + s**2)
-    n_paths = 4_000_000
+    n_paths = 2_000_000
     x_init = S.prior_sample(sde, jax.random.PRNGKey(0), (n_paths, 1))
-    ns, errs = [8, 16, 32, 64], []
+    ns, errs = [16, 32, 64], []
     for n in ns:
         x, _ = S.sample(S.euler_maruyama(sde), gm.score_fn(sde), jax.random.PRNGKey(n), x_init,
                         S.uniform_timesteps(sde, n), denoise=False)
@@ -197,16 +203,9 @@ def test_euler_maruyama_has_weak_order_one():
 ALL_STEPS = batch_check.STEPS
 
 
-def test_an_example_is_the_same_random_variable_alone_and_in_a_batch():
-    """Per-example keys: example 3 of a batch of 7 and the same example alone follow the same noise.
-    A wrong keying would move the sample by O(1); what remains is rounding (see the next test)."""
-    diffs = batch_check.differences()
-    assert max(v for k, v in diffs.items() if k != "adaptive_ode") < 2e-5, diffs
-    assert diffs["adaptive_ode"] < 1e-3, diffs
-
-
 def test_an_example_is_bit_identical_alone_and_in_a_batch():
-    """Bit-identical, in a process whose XLA may not emit fused multiply-adds. With FMA on, XLA's
+    """Per-example keys: example 3 of a batch of 7 and the same example alone follow the same noise.
+    Bit-identical, in a process whose XLA may not emit fused multiply-adds. With FMA on, XLA's
     CPU backend vectorises the batch-1 and batch-7 programs differently and contracts a*b - c into
     one rounding in one of them only, so the last bit can differ; the sampler itself is per example."""
     env = dict(os.environ, XLA_FLAGS="--xla_cpu_max_isa=SSE4_2", JAX_PLATFORMS="cpu")
@@ -271,13 +270,13 @@ def test_corrector_order_in_a_chain():
         seen.append(("c", t))
         return x, x, state
 
-    corrector = S.Step(lambda x: (), probe_update, nfe=0, sde=sde, moves_time=False, name="probe")
+    corrector = S.custom_step(probe_update, sde, nfe=0, moves_time=False, name="probe")
 
     def pred_update(keys, x, state, t, t_next, score_fn):
         seen.append(("p", t))
         return x, x, state
 
-    predictor = S.Step(lambda x: (), pred_update, nfe=0, sde=sde, name="pred")
+    predictor = S.custom_step(pred_update, sde, nfe=0, name="pred")
     t, t_next = jnp.full((2,), 0.8), jnp.full((2,), 0.5)
     keys = S.example_keys(jax.random.PRNGKey(0), 2)
     S.chain(corrector, predictor).update(keys, jnp.zeros((2, 1)), ((), ()), t, t_next, None)
@@ -349,13 +348,13 @@ def test_bad_inputs_raise_clear_errors():
 def test_sample_compiles_once_per_shape():
     sde, gm = VPSDE(), mixture_2d()
     step, score_fn = S.ddim(sde), gm.score_fn(sde)
-    before = S.base._run._cache_size()
+    before = S.base._run.cache_size()
     for seed in range(3):
         key = jax.random.PRNGKey(seed)
         S.sample(step, score_fn, key, S.prior_sample(sde, key, (4, 2)), S.uniform_timesteps(sde, 5))
-    assert S.base._run._cache_size() == before + 1
+    assert S.base._run.cache_size() == before + 1
     S.sample(step, score_fn, key, S.prior_sample(sde, key, (6, 2)), S.uniform_timesteps(sde, 5))
-    assert S.base._run._cache_size() == before + 2
+    assert S.base._run.cache_size() == before + 2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from diffjax.models.ddpm import DDPM
 from diffjax.models.mlp import MLPScoreNet
 from diffjax.models.ncsnpp import NCSNpp
 from diffjax.models.ncsnv2 import NCSNv2
-from diffjax.score import make_score_model
+from diffjax.score import ModuleApply, ScoreModel, make_score_model
 from diffjax.sde import SDE
 
-__all__ = ["NETWORKS", "PRESETS", "network_options", "get_model", "init_params", "network_score_model"]
+__all__ = ["NETWORKS", "PRESETS", "network_options", "get_model", "init_params", "network_score_model", "TrainModeApply"]
 
 Array = jax.Array
 
@@ -94,20 +94,28 @@ def _init(module, key: Array, example_shape: tuple[int, ...]) -> Any:
     return module.init(key, x, jnp.ones((1,)), **kwargs)
 
 
-def network_score_model(module, sde: SDE, *, train: bool = False) -> Callable[..., Array]:
+@dataclasses.dataclass(frozen=True)
+class TrainModeApply:
+    """``module.apply`` in training mode (dropout on) as a value, taking the dropout key as the
+    ``dropout_key`` keyword (which the losses supply with ``rng_kwarg="dropout_key"``)."""
+
+    module: Any
+
+    def __call__(self, params, x, labels, dropout_key=None, **cond):
+        if dropout_key is None:
+            raise ValueError("a training-mode score model needs dropout_key=...; pass rng_kwarg='dropout_key' to the loss")
+        return self.module.apply(params, x, labels, train=True, rngs={"dropout": dropout_key}, **cond)
+
+
+def network_score_model(module, sde: SDE, *, train: bool = False) -> ScoreModel:
     """``score_model(params, x, t, **cond)`` of a network that declares ``prediction``,
-    ``scale_by_sigma`` and ``continuous`` (every network here does).
+    ``scale_by_sigma`` and ``continuous`` (every network here does): a :class:`~diffjax.score.ScoreModel`,
+    equal for equal networks, so ``jax.tree_util.Partial(score_model, params)`` is a score function
+    the samplers compile once for.
 
     With ``train=True`` the network runs in training mode (dropout on) and the score model takes a
     ``dropout_key`` keyword, which the losses supply with ``rng_kwarg="dropout_key"``.
     """
-    if train:
-        def apply_fn(params, x, labels, dropout_key=None, **cond):
-            if dropout_key is None:
-                raise ValueError("a training-mode score model needs dropout_key=...; pass rng_kwarg='dropout_key' "
-                                 "to the loss")
-            return module.apply(params, x, labels, train=True, rngs={"dropout": dropout_key}, **cond)
-    else:
-        apply_fn = module.apply
+    apply_fn = TrainModeApply(module) if train else ModuleApply(module)
     return make_score_model(apply_fn, sde, prediction=module.prediction, continuous=module.continuous,
                             scale_by_sigma=bool(module.scale_by_sigma))

@@ -2,12 +2,28 @@
 
     step = chain(langevin(sde, snr=0.16), reverse_diffusion(sde))     # the original PC sampler
     x, nfe = sample(step, score_fn, key, prior_sample(sde, key, shape), uniform_timesteps(sde, 1000))
+
+Steps are values (frozen dataclasses and pytrees): ``ddim(sde, eta=0.5)`` built twice is one step,
+and the driver compiles once for both. ``STEPS`` maps names to the step classes.
 """
 
 from __future__ import annotations
 
-from diffjax.samplers.base import Step, chain, example_keys, prior_sample, sample, tweedie_denoise
-from diffjax.samplers.fast import ddim, dpmpp_2m, dpmpp_2m_sde, edm_heun
+from diffjax.samplers.base import (
+    Chain,
+    FunctionStep,
+    Step,
+    chain,
+    custom_step,
+    example_keys,
+    prior_sample,
+    sample,
+    sequenced,
+    static_field,
+    step_class,
+    tweedie_denoise,
+)
+from diffjax.samplers.fast import DDIM, DPMSolverPP2M, DPMSolverPP2MSDE, EDMHeun, ddim, dpmpp_2m, dpmpp_2m_sde, edm_heun
 from diffjax.samplers.grids import (
     TIME_GRIDS,
     karras_timesteps,
@@ -15,8 +31,13 @@ from diffjax.samplers.grids import (
     quadratic_timesteps,
     uniform_timesteps,
 )
-from diffjax.samplers.ode import ode_euler, ode_heun, ode_rk4, ode_sample, probability_flow_drift
+from diffjax.samplers.ode import ODEEuler, ODEHeun, ODERK4, ode_euler, ode_heun, ode_rk4, ode_sample, probability_flow_drift
 from diffjax.samplers.predictors import (
+    AncestralSampling,
+    AnnealedLangevin,
+    EulerMaruyama,
+    Langevin,
+    ReverseDiffusion,
     ancestral_sampling,
     annealed_langevin,
     euler_maruyama,
@@ -62,7 +83,10 @@ def get_step(name: str, sde, **options) -> Step:
 
 
 __all__ = [
-    "Step", "chain", "sample", "example_keys", "prior_sample", "tweedie_denoise", "get_step", "STEPS",
+    "Step", "Chain", "FunctionStep", "chain", "custom_step", "step_class", "static_field", "sequenced",
+    "sample", "example_keys", "prior_sample", "tweedie_denoise", "get_step", "STEPS",
+    "EulerMaruyama", "ReverseDiffusion", "AncestralSampling", "Langevin", "AnnealedLangevin",
+    "ODEEuler", "ODEHeun", "ODERK4", "DDIM", "EDMHeun", "DPMSolverPP2M", "DPMSolverPP2MSDE",
     "euler_maruyama", "reverse_diffusion", "ancestral_sampling", "langevin", "annealed_langevin",
     "ode_euler", "ode_heun", "ode_rk4", "ode_sample", "probability_flow_drift",
     "ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde",

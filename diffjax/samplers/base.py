@@ -1,7 +1,7 @@
 """The sampler transform form, its composition and the one driver that runs any step.
 
 A *step* moves a batch of samples x from time t to t_next (a predictor) or refines it at the
-current time (a corrector). It is a pair of pure functions
+current time (a corrector). It is a value with two pure methods
 
     init(x) -> state
     update(keys, x, state, t, t_next, score_fn) -> (x, x_mean, state)
@@ -10,43 +10,87 @@ where ``keys`` holds one PRNG key per example (shape (batch,)), ``t`` and ``t_ne
 (batch,), and ``x_mean`` is the update without its final injected noise. ``chain(a, b)`` runs a
 then b inside one step; :func:`sample` runs any step over a decreasing time grid with
 ``lax.scan``.
+
+Steps are frozen dataclasses registered as pytrees: the process (and any arrays, such as the known
+data of inpainting) are children, hyper-parameters are static. Two steps built alike are equal and
+hash alike, so the driver's compile cache (see :mod:`diffjax._jit`) hits for a step built anew on
+every call; a step holding new arrays of the same shapes does not recompile either.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._jit import filter_jit
 from diffjax.score import x0_from_score
 from diffjax.sde import SDE
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
-__all__ = ["Step", "chain", "sample", "example_keys", "prior_sample", "fold_keys", "normal_like", "tweedie_denoise",
-           "sequenced", "time_dtype"]
+__all__ = ["Step", "Chain", "FunctionStep", "chain", "custom_step", "step_class", "static_field", "sample",
+           "example_keys", "prior_sample", "fold_keys", "normal_like", "tweedie_denoise", "sequenced", "time_dtype"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+def static_field(default=dataclasses.MISSING, **kwargs):
+    """A hyper-parameter of a step: part of its pytree structure (compared by value), never traced."""
+    return dataclasses.field(default=default, metadata={"static": True}, **kwargs)
+
+
+def step_class(cls):
+    """Decorator: ``cls`` as a frozen dataclass and a pytree whose :func:`static_field` fields are
+    static and whose other fields (the process, arrays, inner steps) are children."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    fields = dataclasses.fields(cls)
+    jax.tree_util.register_dataclass(
+        cls,
+        data_fields=[f.name for f in fields if not f.metadata.get("static")],
+        meta_fields=[f.name for f in fields if f.metadata.get("static")],
+    )
+    return cls
+
+
 class Step:
-    """A sampler step: ``init``/``update`` as in the module docstring.
+    """Base of sampler steps (see the module docstring). A subclass is a :func:`step_class` with a
+    field ``sde`` (the process) and implements ``update``, and ``init`` when it carries state.
 
-    nfe: score evaluations per update (static). sde: the process it was built for.
-    moves_time: True for predictors (x goes from t to t_next), False for correctors (x stays at
-    the current time). name: for messages and tables.
+    Attributes: ``nfe`` (score evaluations per update), ``moves_time`` (True for predictors, False
+    for correctors that stay at the current time) and ``name`` (for messages and tables).
     """
 
-    init: Callable[[Array], Any]
-    update: Callable[..., tuple[Array, Array, Any]]
-    nfe: int
+    nfe = 1
+    moves_time = True
+    name = "step"
+
+    def init(self, x: Array) -> Any:
+        return ()
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        raise NotImplementedError
+
+
+@step_class
+class FunctionStep(Step):
+    """A step from two functions ``init_fn(x)`` and ``update_fn(keys, x, state, t, t_next, score_fn)``
+    (see :func:`custom_step`). The functions are static, compared by identity: define them once."""
+
     sde: SDE
-    moves_time: bool = True
-    name: str = "step"
+    init_fn: Callable = static_field()
+    update_fn: Callable = static_field()
+    nfe: int = static_field(1)
+    moves_time: bool = static_field(True)
+    name: str = static_field("step")
+
+    def init(self, x):
+        return self.init_fn(x)
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        return self.update_fn(keys, x, state, t, t_next, score_fn)
 
 
 def stateless_init(x: Array) -> tuple:
@@ -54,7 +98,71 @@ def stateless_init(x: Array) -> tuple:
     return ()
 
 
-def chain(*steps: Step) -> Step:
+def custom_step(update: Callable, sde: SDE, *, init: Callable = stateless_init, nfe: int = 1,
+                moves_time: bool = True, name: str = "step") -> FunctionStep:
+    """A step of your own from ``update(keys, x, state, t, t_next, score_fn) -> (x, x_mean, state)``
+    (and ``init(x) -> state``): ``nfe`` score evaluations per update; ``moves_time`` False for a
+    corrector. Define the functions once (at module level): they key the compile cache by identity."""
+    if not callable(update) or not callable(init):
+        raise TypeError("custom_step needs callable update(keys, x, state, t, t_next, score_fn) and init(x)")
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a diffjax process; got {type(sde).__name__}")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 0:
+        raise ValueError(f"nfe must be an integer >= 0; got {nfe!r}")
+    return FunctionStep(sde, init, update, nfe, bool(moves_time), str(name))
+
+
+@step_class
+class Chain(Step):
+    """Steps run in order inside one update, with the keys folded per sub-step (see :func:`chain`)."""
+
+    steps: tuple
+
+    def __post_init__(self):
+        if not self.steps:
+            raise ValueError("chain needs at least one step")
+        for s in self.steps:
+            if not isinstance(s, Step):
+                raise TypeError(f"chain takes diffjax.samplers.Step objects; got {type(s).__name__}")
+        movers = [s.name for s in self.steps if s.moves_time]
+        if len(movers) > 1:
+            raise ValueError(f"chain takes at most one predictor (a step that moves time); got {movers}")
+        sde_types = {type(s.sde).__name__ for s in self.steps}
+        if len(sde_types) > 1:
+            raise ValueError(f"chained steps must share one process; got {sorted(sde_types)}")
+
+    @property
+    def sde(self) -> SDE:
+        return self.steps[0].sde
+
+    @property
+    def nfe(self) -> int:
+        return sum(s.nfe for s in self.steps)
+
+    @property
+    def moves_time(self) -> bool:
+        return any(s.moves_time for s in self.steps)
+
+    @property
+    def name(self) -> str:
+        return "+".join(s.name for s in self.steps)
+
+    def init(self, x):
+        return tuple(s.init(x) for s in self.steps)
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        now = t
+        x_mean = x
+        new_state = []
+        for j, (s, st) in enumerate(zip(self.steps, state)):
+            x, x_mean, st = s.update(fold_keys(keys, j), x, st, now, t_next, score_fn)
+            new_state.append(st)
+            if s.moves_time:
+                now = t_next
+        return x, x_mean, tuple(new_state)
+
+
+def chain(*steps: Step) -> Chain:
     """Compose steps into one: each update runs them in order, with the keys folded per sub-step.
 
     A corrector works at the current time: at t when it comes before the predictor, at t_next after
@@ -62,40 +170,7 @@ def chain(*steps: Step) -> Step:
     ``chain(predictor, corrector)`` predicts first and corrects at the new time. At most one
     predictor per chain.
     """
-    if not steps:
-        raise ValueError("chain needs at least one step")
-    for s in steps:
-        if not isinstance(s, Step):
-            raise TypeError(f"chain takes diffjax.samplers.Step objects; got {type(s).__name__}")
-    movers = [s.name for s in steps if s.moves_time]
-    if len(movers) > 1:
-        raise ValueError(f"chain takes at most one predictor (a step that moves time); got {movers}")
-    sde_types = {type(s.sde).__name__ for s in steps}
-    if len(sde_types) > 1:
-        raise ValueError(f"chained steps must share one process; got {sorted(sde_types)}")
-
-    def init(x):
-        return tuple(s.init(x) for s in steps)
-
-    def update(keys, x, state, t, t_next, score_fn):
-        now = t
-        x_mean = x
-        new_state = []
-        for j, (s, st) in enumerate(zip(steps, state)):
-            x, x_mean, st = s.update(fold_keys(keys, j), x, st, now, t_next, score_fn)
-            new_state.append(st)
-            if s.moves_time:
-                now = t_next
-        return x, x_mean, tuple(new_state)
-
-    return Step(
-        init=init,
-        update=update,
-        nfe=sum(s.nfe for s in steps),
-        sde=steps[0].sde,
-        moves_time=bool(movers),
-        name="+".join(s.name for s in steps),
-    )
+    return Chain(tuple(steps))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,19 +231,6 @@ def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Array, t: Array) -> Array:
     evaluation; t of shape (batch,). Used for the final denoising step and by DDIM, EDM and DPM-Solver."""
     a, s = sde.marginal_coeffs(t)
     return x0_from_score(score_fn(x, t), x, a, s)
-
-
-class _ByIdentity:
-    """Hashable by identity, so functions and steps can be static jit arguments whatever they hold."""
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __hash__(self):
-        return id(self.obj)
-
-    def __eq__(self, other):
-        return isinstance(other, _ByIdentity) and other.obj is self.obj
 
 
 def time_dtype(x: Array):
@@ -255,7 +317,12 @@ def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: 
       denoise: finish with Tweedie's estimate E[x0 | x_eps] (one more score evaluation).
 
     Returns ``(x, nfe)``: samples of x_init's shape and the number of score evaluations (int32).
-    The scan is compiled once per shape for a given (step, score_fn) pair of objects.
+
+    Compiled once per shapes, dtypes and static values: ``step`` and ``score_fn`` may be built anew
+    on every call. A score function's arrays are traced when it is a pytree, e.g.
+    ``jax.tree_util.Partial(score_model, params)`` (what :func:`diffjax.score.make_score_fn`
+    returns), an Equinox module or a :class:`diffjax.GaussianMixture` score; a plain closure is
+    keyed by identity, so a new closure (over new parameters, say) compiles anew.
     """
     if not isinstance(step, Step):
         raise TypeError(f"step must be a diffjax.samplers.Step (see get_step); got {type(step).__name__}")
@@ -264,14 +331,14 @@ def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: 
     check_x_init(x_init)
     ts = check_timesteps(timesteps, step.sde, time_dtype(x_init))
     keys = _per_example_keys(key, jnp.shape(x_init)[0])
-    x = _run(_ByIdentity(step), _ByIdentity(score_fn), bool(denoise), keys, x_init, ts)
+    x = _run(step, score_fn, bool(denoise), keys, x_init, ts)
     nfe = (ts.shape[0] - 1) * step.nfe + int(bool(denoise))
     return x, jnp.asarray(nfe, jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _run(step_box, score_box, denoise, keys, x_init, ts):
-    step, score_fn = step_box.obj, sequenced(score_box.obj)
+@filter_jit
+def _run(step, score_fn, denoise, keys, x_init, ts):
+    score_fn = sequenced(score_fn)
     n = x_init.shape[0]
     state0 = step.init(x_init)
     # the carry keeps its dtypes whatever precision a step computes in (float32 coefficients on

@@ -15,19 +15,21 @@ exp(-lambda) (EDM's sigma).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-from diffjax.samplers.base import Step, normal_like, stateless_init, tweedie_denoise
+from diffjax.samplers.base import Step, normal_like, static_field, step_class, tweedie_denoise
 from diffjax.sde import SDE, expand_to
 
 Array = jax.Array
 
-__all__ = ["ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde"]
+__all__ = ["DDIM", "EDMHeun", "DPMSolverPP2M", "DPMSolverPP2MSDE", "ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde"]
 
 
-def ddim(sde: SDE, eta: float = 0.0) -> Step:
+@step_class
+class DDIM(Step):
     """DDIM: with D = D(x, t) and eps_hat = (x - a_t D) / sigma_t,
 
         x_next = a_next D + sqrt(sigma_next^2 - c^2) eps_hat + c z,
@@ -36,32 +38,34 @@ def ddim(sde: SDE, eta: float = 0.0) -> Step:
     eta = 0 is deterministic DDIM (a first-order PF-ODE solver); eta = 1 is ancestral sampling with
     the posterior variance. For VP this is exactly Song et al.'s sigma_t(eta).
     """
-    if eta < 0:
-        raise ValueError(f"ddim needs eta >= 0; got {eta}")
 
-    def update(keys, x, state, t, t_next, score_fn):
+    sde: SDE
+    eta: float = static_field(0.0)
+
+    def __post_init__(self):
+        if not self.eta >= 0:
+            raise ValueError(f"ddim needs eta >= 0; got {self.eta}")
+
+    @property
+    def name(self) -> str:
+        return f"ddim(eta={self.eta:g})"
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        sde = self.sde
         a_t, s_t = sde.marginal_coeffs(t)
         a_n, s_n = sde.marginal_coeffs(t_next)
         h = sde.log_snr(t_next) - sde.log_snr(t)
         d = tweedie_denoise(sde, score_fn, x, t)
         eps_hat = (x - expand_to(a_t, x) * d) / expand_to(s_t, x)
-        c = eta * s_n * jnp.sqrt(-jnp.expm1(-2.0 * h))
+        c = self.eta * s_n * jnp.sqrt(-jnp.expm1(-2.0 * h))
         x_mean = expand_to(a_n, x) * d + expand_to(jnp.sqrt(jnp.maximum(s_n**2 - c**2, 0.0)), x) * eps_hat
-        if eta == 0:
+        if self.eta == 0:
             return x_mean, x_mean, state
         return x_mean + expand_to(c, x) * normal_like(keys, x), x_mean, state
 
-    return Step(stateless_init, update, nfe=1, sde=sde, name=f"ddim(eta={eta:g})")
 
-
-def edm_heun(
-    sde: SDE,
-    num_steps: int | None = None,
-    S_churn: float = 0.0,
-    S_tmin: float = 0.0,
-    S_tmax: float = float("inf"),
-    S_noise: float = 1.0,
-) -> Step:
+@step_class
+class EDMHeun(Step):
     """EDM's stochastic Heun sampler (Karras et al. 2022, Alg. 2) on y = x / a with noise level
     sigma_hat = exp(-lambda): churn raises sigma_hat to sigma_hat (1 + gamma), with
     gamma = min(S_churn / num_steps, sqrt(2) - 1) where S_tmin <= sigma_hat <= S_tmax, adding noise
@@ -69,37 +73,51 @@ def edm_heun(
     With S_churn = 0 it is the deterministic second-order EDM sampler (2 NFE per step).
     Pair it with :func:`karras_timesteps`. ``num_steps`` (the grid's) is needed when S_churn > 0.
     """
-    if S_churn < 0 or S_noise < 0:
-        raise ValueError(f"edm_heun needs S_churn >= 0 and S_noise >= 0; got {S_churn}, {S_noise}")
-    if S_churn > 0 and not num_steps:
-        raise ValueError("edm_heun with S_churn > 0 needs num_steps, the number of steps of the grid")
-    gamma_max = min(S_churn / num_steps, math.sqrt(2.0) - 1.0) if S_churn > 0 else 0.0
 
-    def d_of(y, sigma_hat, score_fn):
+    sde: SDE
+    num_steps: Optional[int] = static_field(None)
+    S_churn: float = static_field(0.0)
+    S_tmin: float = static_field(0.0)
+    S_tmax: float = static_field(float("inf"))
+    S_noise: float = static_field(1.0)
+    nfe = 2
+
+    def __post_init__(self):
+        if not (self.S_churn >= 0 and self.S_noise >= 0):
+            raise ValueError(f"edm_heun needs S_churn >= 0 and S_noise >= 0; got {self.S_churn}, {self.S_noise}")
+        if self.S_churn > 0 and not self.num_steps:
+            raise ValueError("edm_heun with S_churn > 0 needs num_steps, the number of steps of the grid")
+
+    @property
+    def name(self) -> str:
+        return "edm_heun" + (f"(churn={self.S_churn:g})" if self.S_churn else "")
+
+    def _slope(self, y, sigma_hat, score_fn):
+        sde = self.sde
         t = sde.t_from_log_snr(-jnp.log(sigma_hat))
         a, _ = sde.marginal_coeffs(t)
         d = tweedie_denoise(sde, score_fn, y * expand_to(a, y), t)
         return (y - d) / expand_to(sigma_hat, y)
 
-    def update(keys, x, state, t, t_next, score_fn):
+    def update(self, keys, x, state, t, t_next, score_fn):
+        sde = self.sde
+        gamma_max = min(self.S_churn / self.num_steps, math.sqrt(2.0) - 1.0) if self.S_churn > 0 else 0.0
         a_t, _ = sde.marginal_coeffs(t)
         a_n, _ = sde.marginal_coeffs(t_next)
         sig = jnp.exp(-sde.log_snr(t))
         sig_next = jnp.exp(-sde.log_snr(t_next))
         y = x / expand_to(a_t, x)
         if gamma_max > 0:
-            gamma = jnp.where((sig >= S_tmin) & (sig <= S_tmax), gamma_max, 0.0)
+            gamma = jnp.where((sig >= self.S_tmin) & (sig <= self.S_tmax), gamma_max, 0.0)
             sig_up = sig * (1.0 + gamma)
-            noise = expand_to(jnp.sqrt(sig_up**2 - sig**2) * S_noise, y) * normal_like(keys, y)
+            noise = expand_to(jnp.sqrt(sig_up**2 - sig**2) * self.S_noise, y) * normal_like(keys, y)
             y, sig = y + noise, sig_up
         dsig = expand_to(sig_next - sig, y)
-        d1 = d_of(y, sig, score_fn)
+        d1 = self._slope(y, sig, score_fn)
         y_euler = y + dsig * d1
-        d2 = d_of(y_euler, sig_next, score_fn)
+        d2 = self._slope(y_euler, sig_next, score_fn)
         x = (y + dsig * 0.5 * (d1 + d2)) * expand_to(a_n, y)
         return x, x, state
-
-    return Step(stateless_init, update, nfe=2, sde=sde, name="edm_heun" + (f"(churn={S_churn:g})" if S_churn else ""))
 
 
 def _multistep_init(x: Array):
@@ -115,14 +133,22 @@ def _second_order_correction(d, state, h):
     return jnp.where(has_prev, corr, jnp.zeros_like(corr))
 
 
-def dpmpp_2m(sde: SDE) -> Step:
+@step_class
+class DPMSolverPP2M(Step):
     """DPM-Solver++(2M), data prediction, one NFE per step: with h = lambda_next - lambda_t,
 
         x_next = (sigma_next / sigma_t) x - a_next expm1(-h) [D + (1/(2r)) (D - D_prev)],
 
     r = h_prev / h; the first step is first order (DDIM)."""
 
-    def update(keys, x, state, t, t_next, score_fn):
+    sde: SDE
+    name = "dpmpp_2m"
+
+    def init(self, x):
+        return _multistep_init(x)
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        sde = self.sde
         _, s_t = sde.marginal_coeffs(t)
         a_n, s_n = sde.marginal_coeffs(t_next)
         h = sde.log_snr(t_next) - sde.log_snr(t)
@@ -131,10 +157,9 @@ def dpmpp_2m(sde: SDE) -> Step:
         x = expand_to(s_n / s_t, x) * x - expand_to(a_n * jnp.expm1(-h), x) * d_eff
         return x, x, (d, h, jnp.ones((), bool))
 
-    return Step(_multistep_init, update, nfe=1, sde=sde, name="dpmpp_2m")
 
-
-def dpmpp_2m_sde(sde: SDE) -> Step:
+@step_class
+class DPMSolverPP2MSDE(Step):
     """Stochastic DPM-Solver++(2M-SDE), midpoint form: with h = lambda_next - lambda_t,
 
         x_next = (sigma_next / sigma_t) e^{-h} x + a_next (1 - e^{-2h}) [D + (1/(2r)) (D - D_prev)]
@@ -142,7 +167,14 @@ def dpmpp_2m_sde(sde: SDE) -> Step:
 
     the first-order SDE-DPM-Solver++ update plus the multistep correction."""
 
-    def update(keys, x, state, t, t_next, score_fn):
+    sde: SDE
+    name = "dpmpp_2m_sde"
+
+    def init(self, x):
+        return _multistep_init(x)
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        sde = self.sde
         _, s_t = sde.marginal_coeffs(t)
         a_n, s_n = sde.marginal_coeffs(t_next)
         h = sde.log_snr(t_next) - sde.log_snr(t)
@@ -153,4 +185,8 @@ def dpmpp_2m_sde(sde: SDE) -> Step:
         x = x_mean + expand_to(s_n * jnp.sqrt(one_minus), x) * normal_like(keys, x)
         return x, x_mean, (d, h, jnp.ones((), bool))
 
-    return Step(_multistep_init, update, nfe=1, sde=sde, name="dpmpp_2m_sde")
+
+ddim = DDIM
+edm_heun = EDMHeun
+dpmpp_2m = DPMSolverPP2M
+dpmpp_2m_sde = DPMSolverPP2MSDE

@@ -3,18 +3,17 @@ steps in t, and adaptive integration with diffrax inside jit."""
 
 from __future__ import annotations
 
-import functools
-
 import diffrax
 import jax
 import jax.numpy as jnp
 
-from diffjax.samplers.base import Step, _ByIdentity, check_x_init, sequenced, stateless_init, time_dtype, tweedie_denoise
+from diffjax._jit import filter_jit
+from diffjax.samplers.base import Step, check_x_init, sequenced, step_class, time_dtype, tweedie_denoise
 from diffjax.sde import SDE, expand_to
 
 Array = jax.Array
 
-__all__ = ["probability_flow_drift", "ode_euler", "ode_heun", "ode_rk4", "ode_sample"]
+__all__ = ["probability_flow_drift", "ODEEuler", "ODEHeun", "ODERK4", "ode_euler", "ode_heun", "ode_rk4", "ode_sample"]
 
 
 def probability_flow_drift(sde: SDE, score_fn, x: Array, t: Array) -> Array:
@@ -22,33 +21,44 @@ def probability_flow_drift(sde: SDE, score_fn, x: Array, t: Array) -> Array:
     return sde.reverse(score_fn, probability_flow=True).sde(x, t)[0]
 
 
-def ode_euler(sde: SDE) -> Step:
+@step_class
+class ODEEuler(Step):
     """Explicit Euler on the probability-flow ODE in t (first order, 1 NFE)."""
 
-    def update(keys, x, state, t, t_next, score_fn):
-        x = x + probability_flow_drift(sde, score_fn, x, t) * expand_to(t_next - t, x)
+    sde: SDE
+    name = "ode_euler"
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        x = x + probability_flow_drift(self.sde, score_fn, x, t) * expand_to(t_next - t, x)
         return x, x, state
 
-    return Step(stateless_init, update, nfe=1, sde=sde, name="ode_euler")
 
-
-def ode_heun(sde: SDE) -> Step:
+@step_class
+class ODEHeun(Step):
     """Heun's method (explicit trapezoid) on the probability-flow ODE in t (second order, 2 NFE)."""
 
-    def update(keys, x, state, t, t_next, score_fn):
+    sde: SDE
+    nfe = 2
+    name = "ode_heun"
+
+    def update(self, keys, x, state, t, t_next, score_fn):
         dt = expand_to(t_next - t, x)
-        d1 = probability_flow_drift(sde, score_fn, x, t)
-        d2 = probability_flow_drift(sde, score_fn, x + d1 * dt, t_next)
+        d1 = probability_flow_drift(self.sde, score_fn, x, t)
+        d2 = probability_flow_drift(self.sde, score_fn, x + d1 * dt, t_next)
         x = x + 0.5 * (d1 + d2) * dt
         return x, x, state
 
-    return Step(stateless_init, update, nfe=2, sde=sde, name="ode_heun")
 
-
-def ode_rk4(sde: SDE) -> Step:
+@step_class
+class ODERK4(Step):
     """Classical fourth-order Runge–Kutta on the probability-flow ODE in t (4 NFE)."""
 
-    def update(keys, x, state, t, t_next, score_fn):
+    sde: SDE
+    nfe = 4
+    name = "ode_rk4"
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        sde = self.sde
         h = t_next - t
         dt = expand_to(h, x)
         t_mid = t + 0.5 * h
@@ -59,7 +69,10 @@ def ode_rk4(sde: SDE) -> Step:
         x = x + dt * (k1 + 2.0 * k2 + 2.0 * k3 + k4) / 6.0
         return x, x, state
 
-    return Step(stateless_init, update, nfe=4, sde=sde, name="ode_rk4")
+
+ode_euler = ODEEuler
+ode_heun = ODEHeun
+ode_rk4 = ODERK4
 
 
 _SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
@@ -146,14 +159,14 @@ def ode_sample(
     eps = sde.sampling_eps if eps is None else float(eps)
     check_solver_options(sde, rtol, atol, eps, method)
     return _ode_sample(
-        _ByIdentity(score_fn), sde, x_init, float(rtol), float(atol), eps, method, bool(denoise),
+        score_fn, sde, x_init, float(rtol), float(atol), eps, method, bool(denoise),
         int(max_steps), float(pcoeff), float(icoeff), bool(per_example),
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11))
-def _ode_sample(score_box, sde, x_init, rtol, atol, eps, method, denoise, max_steps, pcoeff, icoeff, per_example):
-    score_fn = sequenced(score_box.obj)
+@filter_jit
+def _ode_sample(score_fn, sde, x_init, rtol, atol, eps, method, denoise, max_steps, pcoeff, icoeff, per_example):
+    score_fn = sequenced(score_fn)
     t_dtype = time_dtype(x_init)
 
     def field(t, x, args):

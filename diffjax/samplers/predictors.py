@@ -8,23 +8,29 @@ x_t = sqrt(alpha) x_s + b z with alpha = (a_t / a_s)^2 and b^2 = sigma_t^2 - alp
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-from diffjax.samplers.base import Step, fold_keys, normal_like, stateless_init
+from diffjax.samplers.base import Step, fold_keys, normal_like, static_field, step_class
 from diffjax.sde import SDE, VESDE, expand_to
 
 Array = jax.Array
 
 __all__ = [
+    "EulerMaruyama",
+    "ReverseDiffusion",
+    "AncestralSampling",
+    "Langevin",
+    "AnnealedLangevin",
     "euler_maruyama",
     "reverse_diffusion",
     "ancestral_sampling",
     "langevin",
     "annealed_langevin",
     "transition_coeffs",
+    "LANGEVIN_NORMS",
 ]
 
 
@@ -37,22 +43,25 @@ def transition_coeffs(sde: SDE, t: Array, t_next: Array) -> tuple[Array, Array, 
     return alpha, b2, s_t, s_s
 
 
-def euler_maruyama(sde: SDE) -> Step:
+@step_class
+class EulerMaruyama(Step):
     """Euler–Maruyama on the reverse SDE with the grid's dt = t_next - t (the original used -1/N):
 
         x_mean = x + [f x - g^2 s] dt,   x = x_mean + g sqrt(-dt) z.
     """
 
-    def update(keys, x, state, t, t_next, score_fn):
-        drift, g = sde.reverse(score_fn).sde(x, t)
+    sde: SDE
+    name = "euler_maruyama"
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        drift, g = self.sde.reverse(score_fn).sde(x, t)
         dt = expand_to(t_next - t, x)
         x_mean = x + drift * dt
         return x_mean + expand_to(g, x) * jnp.sqrt(-dt) * normal_like(keys, x), x_mean, state
 
-    return Step(stateless_init, update, nfe=1, sde=sde, name="euler_maruyama")
 
-
-def reverse_diffusion(sde: SDE) -> Step:
+@step_class
+class ReverseDiffusion(Step):
     """Reverse of the forward transition on the grid (the original's reverse-diffusion predictor):
 
         x_mean = (2 - sqrt(alpha)) x + b^2 s,   x = x_mean + b z.
@@ -60,15 +69,17 @@ def reverse_diffusion(sde: SDE) -> Step:
     For VE this is SMLD's update; for VP on the DDPM grid it is the original's DDPM update.
     """
 
-    def update(keys, x, state, t, t_next, score_fn):
-        alpha, b2, _, _ = transition_coeffs(sde, t, t_next)
+    sde: SDE
+    name = "reverse_diffusion"
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        alpha, b2, _, _ = transition_coeffs(self.sde, t, t_next)
         x_mean = expand_to(2.0 - jnp.sqrt(alpha), x) * x + expand_to(b2, x) * score_fn(x, t)
         return x_mean + expand_to(jnp.sqrt(b2), x) * normal_like(keys, x), x_mean, state
 
-    return Step(stateless_init, update, nfe=1, sde=sde, name="reverse_diffusion")
 
-
-def ancestral_sampling(sde: SDE, variance: str | None = None) -> Step:
+@step_class
+class AncestralSampling(Step):
     """Ancestral sampling: x_mean = (x + b^2 s) / sqrt(alpha) = E[x_{t_next} | x_t] (Tweedie on one
     Gaussian transition), then noise of variance
 
@@ -77,18 +88,22 @@ def ancestral_sampling(sde: SDE, variance: str | None = None) -> Step:
 
     ``variance=None`` takes the original's choice: posterior for VE, step for VP and sub-VP.
     """
-    if variance is None:
-        variance = "posterior" if isinstance(sde, VESDE) else "step"
-    if variance not in ("posterior", "step"):
-        raise ValueError(f"unknown ancestral variance {variance!r}; expected 'posterior' or 'step'")
 
-    def update(keys, x, state, t, t_next, score_fn):
-        alpha, b2, s_t, s_s = transition_coeffs(sde, t, t_next)
+    sde: SDE
+    variance: Optional[str] = static_field(None)
+    name = "ancestral_sampling"
+
+    def __post_init__(self):
+        if self.variance is None:
+            object.__setattr__(self, "variance", "posterior" if isinstance(self.sde, VESDE) else "step")
+        if self.variance not in ("posterior", "step"):
+            raise ValueError(f"unknown ancestral variance {self.variance!r}; expected 'posterior' or 'step'")
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        alpha, b2, s_t, s_s = transition_coeffs(self.sde, t, t_next)
         x_mean = (x + expand_to(b2, x) * score_fn(x, t)) / expand_to(jnp.sqrt(alpha), x)
-        var = b2 * (s_s / s_t) ** 2 if variance == "posterior" else b2
+        var = b2 * (s_s / s_t) ** 2 if self.variance == "posterior" else b2
         return x_mean + expand_to(jnp.sqrt(var), x) * normal_like(keys, x), x_mean, state
-
-    return Step(stateless_init, update, nfe=1, sde=sde, name="ancestral_sampling")
 
 
 def _per_example_norm(v: Array) -> Array:
@@ -108,10 +123,42 @@ def _langevin_loop(keys, x, t, score_fn, n_steps, step_size_fn):
     return jax.lax.fori_loop(0, n_steps, body, (x, x))
 
 
+def _check_corrector(name: str, snr, n_steps) -> None:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1 or not snr > 0:
+        raise ValueError(f"{name} needs n_steps >= 1 and snr > 0; got n_steps={n_steps}, snr={snr}")
+
+
 LANGEVIN_NORMS = ("expected", "batch", "per_example")
 
 
-def langevin(sde: SDE, snr: float = 0.16, n_steps: int = 1, norms: str = "expected") -> Step:
+@step_class
+class AnnealedLangevin(Step):
+    """Annealed Langevin dynamics (NCSN): eps = 2 alpha_i (snr sigma(t))^2 with the marginal std
+    sigma(t), ``n_steps`` times at the current time: x <- x + eps s + sqrt(2 eps) z."""
+
+    sde: SDE
+    snr: float = static_field(0.16)
+    n_steps: int = static_field(1)
+    moves_time = False
+    name = "annealed_langevin"
+
+    def __post_init__(self):
+        _check_corrector("annealed_langevin", self.snr, self.n_steps)
+
+    @property
+    def nfe(self) -> int:
+        return self.n_steps
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        alpha = self.sde.alphas[self.sde.timestep_index(t)]
+        _, sigma = self.sde.marginal_coeffs(t)
+        eps = 2.0 * alpha * (self.snr * sigma) ** 2
+        x, x_mean = _langevin_loop(keys, x, t, score_fn, self.n_steps, lambda grad, z: eps)
+        return x, x_mean, state
+
+
+@step_class
+class Langevin(Step):
     """Langevin corrector with a target signal-to-noise ratio (Song et al. 2021, Alg. 4):
 
         eps = 2 alpha_i (snr ||z|| / ||s||)^2,   x <- x + eps s + sqrt(2 eps) z,
@@ -124,7 +171,7 @@ def langevin(sde: SDE, snr: float = 0.16, n_steps: int = 1, norms: str = "expect
       information of p_t is at most d / sigma(t)^2, so this step is never larger than the rule aims
       for). Then eps = 2 alpha_i (snr sigma(t))^2 depends on t only: each sample is independent
       of its batch and the step is unadjusted Langevin with a fixed step, whose stationary law is
-      p_t up to O(eps) in every dimension. This is the step of :func:`annealed_langevin`.
+      p_t up to O(eps) in every dimension. This is the step of :class:`AnnealedLangevin`.
     - ``"batch"``: the original's, the norms averaged over the batch (over all devices under
       sharding). Right in any dimension for large batches, but every sample depends on the others.
     - ``"per_example"``: each example's own norms. The step then depends on the position: an
@@ -133,40 +180,45 @@ def langevin(sde: SDE, snr: float = 0.16, n_steps: int = 1, norms: str = "expect
       2-D or 3-D mixture comes out with wrong weights and covariances); close to the original for
       images, where d is in the thousands.
     """
-    if n_steps < 1 or not snr > 0:
-        raise ValueError(f"langevin needs n_steps >= 1 and snr > 0; got n_steps={n_steps}, snr={snr}")
-    if norms not in LANGEVIN_NORMS:
-        raise ValueError(f"unknown langevin norms {norms!r}; expected one of {LANGEVIN_NORMS}")
-    if norms == "expected":
-        step = annealed_langevin(sde, snr, n_steps)
-        return dataclasses.replace(step, name="langevin")
 
-    def update(keys, x, state, t, t_next, score_fn):
-        alpha = sde.alphas[sde.timestep_index(t)]
+    sde: SDE
+    snr: float = static_field(0.16)
+    n_steps: int = static_field(1)
+    norms: str = static_field("expected")
+    moves_time = False
+
+    def __post_init__(self):
+        _check_corrector("langevin", self.snr, self.n_steps)
+        if self.norms not in LANGEVIN_NORMS:
+            raise ValueError(f"unknown langevin norms {self.norms!r}; expected one of {LANGEVIN_NORMS}")
+
+    @property
+    def nfe(self) -> int:
+        return self.n_steps
+
+    @property
+    def name(self) -> str:
+        return "langevin" if self.norms == "expected" else f"langevin({self.norms})"
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        if self.norms == "expected":
+            return AnnealedLangevin(self.sde, self.snr, self.n_steps).update(keys, x, state, t, t_next, score_fn)
+        alpha = self.sde.alphas[self.sde.timestep_index(t)]
 
         def step_size(grad, z):
             z_norm, s_norm = _per_example_norm(z), _per_example_norm(grad)
-            if norms == "batch":
+            if self.norms == "batch":
                 z_norm, s_norm = jnp.mean(z_norm), jnp.mean(s_norm)
             ratio = z_norm / jnp.maximum(s_norm, 1e-20)
-            return 2.0 * alpha * (snr * ratio) ** 2
+            return 2.0 * alpha * (self.snr * ratio) ** 2
 
-        x, x_mean = _langevin_loop(keys, x, t, score_fn, n_steps, step_size)
+        x, x_mean = _langevin_loop(keys, x, t, score_fn, self.n_steps, step_size)
         return x, x_mean, state
 
-    return Step(stateless_init, update, nfe=n_steps, sde=sde, moves_time=False, name=f"langevin({norms})")
 
-
-def annealed_langevin(sde: SDE, snr: float = 0.16, n_steps: int = 1) -> Step:
-    """Annealed Langevin dynamics (NCSN): eps = 2 alpha_i (snr sigma(t))^2 with the marginal std sigma(t)."""
-    if n_steps < 1 or snr <= 0:
-        raise ValueError(f"annealed_langevin needs n_steps >= 1 and snr > 0; got n_steps={n_steps}, snr={snr}")
-
-    def update(keys, x, state, t, t_next, score_fn):
-        alpha = sde.alphas[sde.timestep_index(t)]
-        _, sigma = sde.marginal_coeffs(t)
-        eps = 2.0 * alpha * (snr * sigma) ** 2
-        x, x_mean = _langevin_loop(keys, x, t, score_fn, n_steps, lambda grad, z: eps)
-        return x, x_mean, state
-
-    return Step(stateless_init, update, nfe=n_steps, sde=sde, moves_time=False, name="annealed_langevin")
+# The names the library has always used for these steps.
+euler_maruyama = EulerMaruyama
+reverse_diffusion = ReverseDiffusion
+ancestral_sampling = AncestralSampling
+langevin = Langevin
+annealed_langevin = AnnealedLangevin
