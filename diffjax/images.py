@@ -1,4 +1,4 @@
-"""Image grids and PNG files with numpy and zlib only (no Pillow, no matplotlib).
+"""Image grids, density pictures of 2-D samples, and PNG files (through Pillow).
 
     write_png("samples.png", image_grid(images))          # images float in [0, 1], (N, H, W, C)
     write_png("toy.png", density_image(points))            # 2-D samples as a density picture
@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from typing import Optional
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["image_grid", "density_image", "write_png", "read_png"]
 
@@ -52,43 +51,20 @@ def density_image(points: np.ndarray, bins: int = 256, extent: float = 3.0) -> n
     return (1.0 - (counts / peak if peak > 0 else counts))[..., None].astype(np.float32)
 
 
-def _chunk(tag: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
-
-
 def write_png(path: str, image: np.ndarray) -> None:
     """Write a float image (H, W, C) with values in [0, 1] (C = 1 grey, 3 RGB) as an 8-bit PNG."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] not in (1, 3):
         raise ValueError(f"write_png takes an image (H, W, C) with C = 1 or 3; got shape {image.shape}")
     pixels = (np.clip(np.nan_to_num(image.astype(np.float64)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    height, width, channels = pixels.shape
-    colour_type = 0 if channels == 1 else 2
-    raw = b"".join(b"\x00" + pixels[y].tobytes() for y in range(height))  # filter type 0 per row
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 9))
-                + _chunk(b"IEND", b""))
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path, format="PNG")
 
 
 def read_png(path: str) -> np.ndarray:
-    """Read back an 8-bit grey or RGB PNG written by :func:`write_png` (no interlacing, filter 0):
-    uint8 (H, W, C)."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    if blob[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError(f"{path} is not a PNG file")
-    pos, chunks = 8, {}
-    while pos < len(blob):
-        (length,) = struct.unpack(">I", blob[pos:pos + 4])
-        tag = blob[pos + 4:pos + 8]
-        chunks.setdefault(tag, []).append(blob[pos + 8:pos + 8 + length])
-        pos += 12 + length
-    width, height, depth, colour_type = struct.unpack(">IIBB", chunks[b"IHDR"][0][:10])
-    if depth != 8 or colour_type not in (0, 2):
-        raise ValueError(f"{path}: only 8-bit grey or RGB PNGs are read here")
-    channels = 1 if colour_type == 0 else 3
-    raw = np.frombuffer(zlib.decompress(b"".join(chunks[b"IDAT"])), np.uint8).reshape(height, 1 + width * channels)
-    if np.any(raw[:, 0] != 0):
-        raise ValueError(f"{path}: only PNG filter type 0 is read here")
-    return raw[:, 1:].reshape(height, width, channels).copy()
+    """Read a PNG as uint8 (H, W, C): C = 1 for grey images, 3 for colour (alpha is dropped)."""
+    with Image.open(path) as im:
+        if im.format != "PNG":
+            raise ValueError(f"{path} is not a PNG file")
+        grey = im.mode in ("1", "L", "I", "I;16")
+        pixels = np.asarray(im.convert("L" if grey else "RGB"))
+    return pixels[..., None] if grey else pixels

@@ -178,6 +178,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.xdist_group("battery")  # one worker: the trained run is a module fixture
 @pytest.mark.parametrize("label,argv,pattern", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_the_command_rejects_bad_input_in_one_line_and_keeps_the_files(runs, capsys, label, argv, pattern):
     argv = [a.format(**runs) for a in argv]

@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax import checkpoint, cli, experiment, images, metrics
+from diffjax import checkpoint, cli, images, metrics
+from diffjax import run as runs
+from diffjax.configs import load_config
 
 # A tiny DDPM++ on 8x8 digits: every stage of the real job, small enough for two CPU cores.
 TINY_DIGITS = [
@@ -86,17 +88,17 @@ def test_cli_end_to_end_train_sample_likelihood(tmp_path, capsys):
 
 def test_train_resume_rejects_a_changed_config_and_continues_a_longer_one(tmp_path):
     workdir = str(tmp_path / "toy")
-    config = cli.load_config("toy2d", [*TOY, "--config.training.n_iters=50"])
-    result = experiment.train(config, workdir, progress=False, log=lambda s: None)
+    config = load_config("toy2d", [*TOY, "--config.training.n_iters=50"])
+    result = runs.train(config, workdir, progress=False, log=lambda s: None)
     assert result["step"] == 50
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-    changed = cli.load_config("toy2d", [*TOY, "--config.training.n_iters=100", "--config.sde.beta_max=10.0"])
-    with pytest.raises(experiment.ConfigMismatchError, match=r"sde.beta_max: 20.0 -> 10.0"):
-        experiment.train(changed, workdir, progress=False, log=lambda s: None)
+    changed = load_config("toy2d", [*TOY, "--config.training.n_iters=100", "--config.sde.beta_max=10.0"])
+    with pytest.raises(runs.ConfigMismatchError, match=r"sde.beta_max: 20.0 -> 10.0"):
+        runs.train(changed, workdir, progress=False, log=lambda s: None)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
     messages = []
-    longer = cli.load_config("toy2d", [*TOY, "--config.training.n_iters=100"])
-    assert experiment.train(longer, workdir, progress=False, log=messages.append)["step"] == 100
+    longer = load_config("toy2d", [*TOY, "--config.training.n_iters=100"])
+    assert runs.train(longer, workdir, progress=False, log=messages.append)["step"] == 100
     assert any("resuming" in m and "step 50" in m for m in messages)
 
 
@@ -128,9 +130,9 @@ def test_cli_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
     assert "unrecognised arguments: --bogus" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["sample", "--workdir", str(tmp_path), "--config.sampling.n_steps=3"])
-    config = cli.load_config("toy2d", ["--config.training.n_iters=55", "--config.training.n_jitted_steps=10"])
+    config = load_config("toy2d", ["--config.training.n_iters=55", "--config.training.n_jitted_steps=10"])
     with pytest.raises(ValueError, match="training.n_iters must be a positive multiple of training.n_jitted_steps"):
-        experiment.train(config, str(tmp_path / "x"), progress=False)
+        runs.train(config, str(tmp_path / "x"), progress=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,13 +160,13 @@ def _wait_for_checkpoint(proc, directory, at_least, timeout=240):
 
 
 def _final_state(workdir, step):
-    _, state, data_state, latest = experiment.restore_state(workdir)
+    _, state, data_state, latest = runs.restore_state(workdir)
     assert latest == step
     return state, data_state
 
 
 def test_killed_and_terminated_runs_resume_bit_identically(tmp_path):
-    n_iters = 1000
+    n_iters = 600
     straight = str(tmp_path / "straight")
     p = _spawn(straight, n_iters)
     assert p.wait(timeout=600) == 0, p.stdout.read()

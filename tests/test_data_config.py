@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffjax import data
-from diffjax.cli import load_config
+from diffjax.configs import load_config
 
 
 def test_digits_split_is_deterministic_disjoint_and_stratified():

@@ -31,24 +31,25 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import median_time  # noqa: E402
 
-from diffjax import experiment, parallel, training  # noqa: E402
-from diffjax.cli import load_config  # noqa: E402
+from diffjax import parallel, training  # noqa: E402
+from diffjax import run as runs  # noqa: E402
+from diffjax.configs import load_config  # noqa: E402
 
 
 def setup(config, devices, n_steps=1, unroll=1, fsdp=1):
-    sde, model = experiment.build_sde(config), experiment.build_model(config)
-    optimizer = experiment.build_optimizer(config)
-    step = training.make_train_step(experiment.build_loss(config, sde, model), optimizer,
+    sde, model = runs.build_sde(config), runs.build_model(config)
+    optimizer = runs.build_optimizer(config)
+    step = training.make_train_step(runs.build_loss(config, sde, model), optimizer,
                                     ema_rate=config.model.ema_rate, skip_nonfinite=True)
-    init = functools.partial(experiment._init_state, model, optimizer, experiment.example_shape(config))
+    init = functools.partial(runs.init_state, model, optimizer, runs.example_shape(config))
     mesh = parallel.make_mesh(fsdp, devices)
     state, shardings = parallel.init_sharded(init, mesh, jax.random.PRNGKey(0), fsdp=fsdp > 1)
     compiled = parallel.compile_train_step(step, mesh, shardings, n_steps, unroll=unroll)
-    loader = experiment.build_loader(config, "train", config.training.batch_size)
+    loader = runs.build_loader(config, "train", config.training.batch_size)
     conditional = bool(getattr(model, "num_classes", 0))
 
     def next_batch():
-        batches = [experiment._model_batch(next(loader), conditional) for _ in range(n_steps)]
+        batches = [runs.model_batch(next(loader), conditional) for _ in range(n_steps)]
         b = batches[0] if n_steps == 1 else jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
         return parallel.global_batch(b, mesh, leading=int(n_steps > 1))
 

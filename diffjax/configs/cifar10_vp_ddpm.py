@@ -1,6 +1,6 @@
 """DDPM (Ho et al. 2020) on CIFAR-10 with the discrete VP chain and ancestral sampling."""
 
-from default import get_default
+from diffjax.configs.default import get_default
 
 
 def get_config():

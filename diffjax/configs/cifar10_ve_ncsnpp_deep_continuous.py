@@ -1,6 +1,6 @@
 """NCSN++ cont. deep on CIFAR-10 with the VE SDE (Song et al. 2021: FID 2.20, IS 9.89)."""
 
-from cifar10_ve_ncsnpp_continuous import get_config as _base
+from diffjax.configs.cifar10_ve_ncsnpp_continuous import get_config as _base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """NCSN++ cont. on CIFAR-10 with the VE SDE (Song et al. 2021, table 3: FID 2.38; deep: 2.20)."""
 
-from default import get_default
+from diffjax.configs.default import get_default
 
 
 def get_config():

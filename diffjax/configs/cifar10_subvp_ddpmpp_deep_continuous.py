@@ -1,7 +1,7 @@
 """DDPM++ cont. deep on CIFAR-10 with the sub-VP SDE (Song et al. 2021: 2.99 bits/dim with likelihood
 weighting and importance sampling, table 2)."""
 
-from cifar10_vp_ddpmpp_continuous import get_config as _base
+from diffjax.configs.cifar10_vp_ddpmpp_continuous import get_config as _base
 
 
 def get_config():

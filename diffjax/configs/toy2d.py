@@ -1,6 +1,6 @@
 """An MLP on a 2-D toy (8-Gaussian ring by default; data.dataset = "toy:two_moons", ...) with the VP SDE."""
 
-from default import get_default
+from diffjax.configs.default import get_default
 
 
 def get_config():

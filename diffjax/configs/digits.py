@@ -8,7 +8,7 @@ The EMA rate is 0.995 rather than the paper's 0.9999: with only 2000 steps a slo
 carries the early, badly trained weights (at 0.999 the EMA network's noise prediction at t = 0.9 was
 50x worse than the raw network's and its samples diverged)."""
 
-from default import get_default
+from diffjax.configs.default import get_default
 
 
 def get_config():

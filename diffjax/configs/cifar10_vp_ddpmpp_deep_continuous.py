@@ -1,6 +1,6 @@
 """DDPM++ cont. deep on CIFAR-10 with the VP SDE."""
 
-from cifar10_vp_ddpmpp_continuous import get_config as _base
+from diffjax.configs.cifar10_vp_ddpmpp_continuous import get_config as _base
 
 
 def get_config():

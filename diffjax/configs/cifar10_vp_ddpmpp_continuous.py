@@ -1,6 +1,6 @@
 """DDPM++ cont. on CIFAR-10 with the VP SDE (Song et al. 2021, table 3)."""
 
-from default import get_default
+from diffjax.configs.default import get_default
 
 
 def get_config():

@@ -1,0 +1,114 @@
+"""Samples from a trained run: drawn batch by batch on the run's mesh, written as .npz and a PNG."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from jax.tree_util import Partial
+
+from diffjax import guidance, images, models, parallel, samplers
+from diffjax._jit import bind, filter_jit
+from diffjax.run.build import build_sampler, data_range, example_shape, is_toy
+from diffjax.run.load import Run
+from diffjax.run.logging import progress_range
+
+__all__ = ["plan_batches", "run_score_fn", "generate", "to_unit_range", "write_samples"]
+
+
+def plan_batches(num: int, batch_size: int, mesh) -> tuple[int, int]:
+    """(batch, padded total) for ``num`` examples: batches a multiple of the device count."""
+    batch = max(1, min(batch_size, num))
+    batch = -(-batch // mesh.size) * mesh.size
+    return batch, -(-num // batch) * batch
+
+
+def run_score_fn(run: Run, labels=None, guidance_weight: float = 0.0, unconditional: bool = False):
+    """The score function of the run's network with its EMA parameters, as a pytree of them (so a
+    sampler compiles once for any parameters of the run): unconditional, conditional on ``labels``
+    with classifier-free guidance ``guidance_weight``, or (``unconditional``) the "no class" label of
+    a class-conditional network."""
+    score_model = models.network_score_model(run.model, run.sde)
+    num_classes = int(getattr(run.model, "num_classes", 0))
+    if not num_classes:
+        if guidance_weight:
+            raise ValueError("sampling.guidance_weight needs a class-conditional network (model.options.num_classes)")
+        return Partial(score_model, run.params)
+    if unconditional:
+        return bind(_no_class_score, score_model, run.params, num_classes)
+    return guidance.classifier_free_guided_score(score_model, run.params, labels, guidance_weight,
+                                                 null_label=num_classes)
+
+
+def _no_class_score(score_model, params, null_label, x, t):
+    return score_model(params, x, t, class_labels=jnp.full((x.shape[0],), null_label, jnp.int32))
+
+
+@filter_jit
+def _draw(sampler, score_fn, keys, shape, mesh):
+    x_init = jax.vmap(lambda k: samplers.prior_sample(sampler.sde, k, (1, *shape))[0])(keys)
+    x, nfe = sampler(score_fn, keys, x_init)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.lax.with_sharding_constraint(x, replicated), jnp.max(nfe)
+
+
+def generate(run: Run, key, num: int, batch_size: Optional[int] = None, class_labels=None,
+             progress: bool = False) -> tuple[np.ndarray, int]:
+    """``num`` samples in the model's data range (numpy, float32) and the score evaluations per sample.
+
+    Example i uses the key ``fold_in(key, i)``, so the samples do not depend on ``batch_size``
+    (default ``sampling.batch_size``). Class-conditional networks get ``class_labels`` (default
+    ``i mod num_classes``, so grid rows run through the classes), guided with weight
+    ``sampling.guidance_weight`` (classifier-free guidance). ``progress``: a bar over batches.
+    """
+    config = run.config
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"the number of samples must be a positive int; got {num!r}")
+    batch, total = plan_batches(num, batch_size or config.sampling.batch_size, run.mesh)
+    sampler = build_sampler(config, run.sde)
+    num_classes = int(getattr(run.model, "num_classes", 0))
+    w = float(config.sampling.get("guidance_weight", 0.0))
+    if num_classes:
+        labels = np.arange(total) % num_classes if class_labels is None else np.resize(np.asarray(class_labels), total)
+    else:
+        labels = np.zeros(total, np.int32)
+    sharding = parallel.batch_sharding(run.mesh)
+    all_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
+    out, nfe = [], 0
+    for i in progress_range(range(0, total, batch), progress, "sample"):
+        keys = jax.device_put(all_keys[i:i + batch], sharding)
+        y = jax.device_put(jnp.asarray(labels[i:i + batch], jnp.int32), sharding)
+        score_fn = run_score_fn(run, y if num_classes else None, w)
+        x, n = _draw(sampler, score_fn, keys, example_shape(config), run.mesh)
+        out.append(np.asarray(x))
+        nfe = max(nfe, int(n))
+    return np.concatenate(out)[:num].astype(np.float32), nfe
+
+
+def to_unit_range(config, x: np.ndarray) -> np.ndarray:
+    """Map samples from the model's data range to [0, 1] (clipped)."""
+    lo, hi = data_range(config)
+    return np.clip((np.asarray(x, np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def write_samples(run: Run, x: np.ndarray, path: str) -> str:
+    """Write ``path`` (an .npz: ``images`` float32 in [0, 1] (N, H, W, C) for image data, ``samples``
+    (N, 2) for 2-D toys) and a PNG grid beside it; returns the PNG's path. Process 0 only."""
+    if not path.endswith(".npz"):
+        raise ValueError(f"the output file must end in .npz; got {path!r}")
+    png = path[:-4] + ".png"
+    if not parallel.is_main_process():
+        return png
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if is_toy(run.config):
+        np.savez(path, samples=np.asarray(x, np.float32))
+        images.write_png(png, images.density_image(x))
+    else:
+        unit = to_unit_range(run.config, x)
+        np.savez(path, images=unit)
+        images.write_png(png, images.image_grid(unit))
+    return png
