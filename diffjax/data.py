@@ -1,4 +1,4 @@
-"""Datasets: the embedded digits (default), 2-D toys, and TFDS datasets through ``data_source`` + grain.
+"""Datasets: the embedded digits (default), 2-D toys, and TFDS datasets through ``data_source``.
 
 Images are kept as integer levels k in {0, ..., levels-1} (uint8) until the last moment and mapped
 to the model's range by ``x = lo + (hi - lo) (k + u) / levels``: u ~ U[0, 1) with uniform
@@ -26,6 +26,7 @@ __all__ = [
     "load_digits",
     "digits_split",
     "levels_to_model",
+    "ArraySource",
     "ArrayLoader",
     "digits_loader",
     "toy_2d",
@@ -79,42 +80,72 @@ def levels_to_model(k, levels: int, data_range=(-1.0, 1.0), u=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# In-memory loader (digits, toys)
+# The loader: a global order, read by every process in its own slice
+
+
+class ArraySource:
+    """A random-access source over in-memory arrays: ``read(indices) -> {"data": ..., "label": ...}``."""
+
+    def __init__(self, data: np.ndarray, labels: Optional[np.ndarray] = None):
+        self.data, self.labels = data, labels
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def read(self, indices: np.ndarray) -> dict:
+        out = {"data": self.data[indices]}
+        if self.labels is not None:
+            out["label"] = self.labels[indices]
+        return out
 
 
 class ArrayLoader:
-    """Shuffled minibatches of in-memory arrays, epoch after epoch, with an exactly resumable state.
+    """Shuffled minibatches of a random-access source, epoch after epoch, with an exactly resumable
+    state, the same whatever the number of processes.
 
-    The order of epoch e is ``permutation(seed, e)``; ``state = {"epoch", "position"}``. Images
-    (``levels`` given) are mapped to the model's range with per-example dequantisation noise drawn
-    from (seed, epoch, position): a resumed loader yields the same batches as an uninterrupted one.
-    For multi-host training each process passes its ``shard_index`` / ``shard_count`` and gets its
-    own slice of every global batch (``batch_size`` is per process).
+    Epoch e visits the examples in the order ``permutation(seed, e)``; the global batch at state
+    ``{"epoch": e, "position": p}`` holds the examples ``order[p : p + B]`` (B = ``batch_size`` x
+    ``shard_count``, the remainder of an epoch is dropped), and process ``shard_index`` reads rows
+    ``[shard_index * batch_size, (shard_index + 1) * batch_size)`` of it: every process reads only
+    its own examples. The randomness of a batch (dequantisation noise, flips) is drawn for the whole
+    global batch from (seed, epoch, position) and sliced, so the global batch at step k is the same
+    examples with the same noise on one process or on many, and a resumed loader continues exactly.
+
+    ``data``: an array (N, ...) or a source with ``__len__`` and ``read(indices) -> {"data", "label"}``
+    (:class:`ArraySource`, the TFDS source of :func:`tfds_loader`). Images (``levels`` given) are
+    mapped to the model's range (:func:`levels_to_model`); ``batch_size`` is per process.
     """
 
-    def __init__(self, data: np.ndarray, labels: Optional[np.ndarray], batch_size: int, *, seed: int = 0,
+    def __init__(self, data, labels: Optional[np.ndarray], batch_size: int, *, seed: int = 0,
                  levels: Optional[int] = None, data_range=(-1.0, 1.0), uniform_dequantization: bool = True,
                  random_flip: bool = False, shard_index: int = 0, shard_count: int = 1):
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
-        if len(data) == 0:
+        if not (isinstance(shard_count, int) and shard_count >= 1 and 0 <= shard_index < shard_count):
+            raise ValueError(f"need 0 <= shard_index < shard_count; got {shard_index} of {shard_count}")
+        source = data if hasattr(data, "read") else ArraySource(np.asarray(data), labels)
+        if len(source) == 0:
             raise ValueError("the dataset is empty (0 examples); expected at least one batch of examples")
-        if np.issubdtype(np.asarray(data).dtype, np.floating) and not np.all(np.isfinite(data)):
+        if isinstance(source, ArraySource) and np.issubdtype(source.data.dtype, np.floating) \
+                and not np.all(np.isfinite(source.data)):
             raise ValueError("the dataset holds NaN or Inf values; expected finite data")
         global_batch = batch_size * shard_count
-        if global_batch > len(data):
-            raise ValueError(f"batch of {global_batch} examples is larger than the data ({len(data)} examples)")
-        self.data, self.labels = data, labels
+        if global_batch > len(source):
+            raise ValueError(f"batch of {global_batch} examples is larger than the data ({len(source)} examples)")
+        self.source = source
         self.batch_size, self.seed, self.levels = batch_size, seed, levels
         self.data_range, self.uniform_dequantization, self.random_flip = data_range, uniform_dequantization, random_flip
         self.shard_index, self.shard_count = shard_index, shard_count
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = None, None
 
+    def __len__(self) -> int:
+        return len(self.source)
+
     def _epoch_order(self) -> np.ndarray:
         if self._order_epoch != self.epoch:
             self._order_epoch = self.epoch
-            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source))
         return self._order
 
     def get_state(self) -> dict:
@@ -124,32 +155,34 @@ class ArrayLoader:
         try:
             self.epoch, self.position = int(state["epoch"]), int(state["position"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"not an ArrayLoader state: {state!r}; expected {{'epoch': int, 'position': int}}") from None
+            raise ValueError(f"not a loader state: {state!r}; expected {{'epoch': int, 'position': int}}") from None
 
     def __iter__(self) -> Iterator[dict]:
         return self
 
     def __next__(self) -> dict:
-        n, global_batch = len(self.data), self.batch_size * self.shard_count
+        n, global_batch = len(self.source), self.batch_size * self.shard_count
         if self.position + global_batch > n:  # drop the remainder, start the next epoch
             self.epoch, self.position = self.epoch + 1, 0
-        order = self._epoch_order()
-        start = self.position + self.shard_index * self.batch_size
-        idx = order[start:start + self.batch_size]
-        rng = np.random.default_rng([self.seed, self.epoch, self.position, self.shard_index, 1])
+        mine = slice(self.shard_index * self.batch_size, (self.shard_index + 1) * self.batch_size)
+        idx = self._epoch_order()[self.position:self.position + global_batch][mine]
+        rng = np.random.default_rng([self.seed, self.epoch, self.position, 1])
         self.position += global_batch
-        batch = {}
-        x = self.data[idx]
+        records = self.source.read(idx)
+        x, batch = records["data"], {}
         if self.levels is not None:
-            batch["levels"] = x
-            u = rng.uniform(size=x.shape).astype(np.float32) if self.uniform_dequantization else None
-            x = levels_to_model(x, self.levels, self.data_range, u)
-            if self.random_flip:
-                flip = rng.uniform(size=len(idx)) < 0.5
+            if self.uniform_dequantization:  # drawn for the global batch, then this process's rows
+                u = rng.uniform(size=(global_batch, *x.shape[1:])).astype(np.float32)[mine]
+            else:
+                u = None
+            flip = (rng.uniform(size=global_batch) < 0.5)[mine] if self.random_flip else None
+            if flip is not None:  # a horizontally flipped image, levels and all
                 x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+            batch["levels"] = x
+            x = levels_to_model(x, self.levels, self.data_range, u)
         batch["x"] = np.asarray(x, np.float32)
-        if self.labels is not None:
-            batch["label"] = self.labels[idx].astype(np.int32)
+        if "label" in records:
+            batch["label"] = np.asarray(records["label"]).astype(np.int32)
         return batch
 
 
@@ -209,48 +242,53 @@ def toy_loader(name: str, batch_size: int, *, num_examples: int = 50_000, seed: 
 
 
 # ----------------------------------------------------------------------------------------------
-# TFDS through data_source + grain (no TensorFlow)
+# TFDS through data_source (ArrayRecord, no TensorFlow)
 
 
-class _GrainLoader:
-    """A grain DataLoader iterator with the loader interface (state = grain's JSON state string)."""
+class _TFDSSource:
+    """Random access to a TFDS ``data_source``: images (cropped and resized to ``image_size``) and labels."""
 
-    def __init__(self, loader):
-        self._loader = loader
-        self._it = iter(loader)
+    def __init__(self, source, image_key: str, label_key: Optional[str], image_size: Optional[int]):
+        self.source, self.image_key, self.label_key, self.image_size = source, image_key, label_key, image_size
 
-    def __iter__(self):
-        return self
+    def __len__(self) -> int:
+        return len(self.source)
 
-    def __next__(self) -> dict:
-        return next(self._it)
+    def _image(self, record) -> np.ndarray:
+        image = np.asarray(record[self.image_key])
+        if image.ndim == 2:
+            image = image[..., None]
+        if self.image_size is not None and image.shape[:2] != (self.image_size, self.image_size):
+            image = _centre_crop_resize(image, self.image_size)
+        return image
 
-    def get_state(self) -> dict:
-        state = self._it.get_state()
-        return {"grain": state.decode() if isinstance(state, bytes) else state}
-
-    def set_state(self, state: dict) -> None:
-        if not isinstance(state, dict) or "grain" not in state:
-            raise ValueError(f"not a TFDS loader state: {state!r}")
-        self._it.set_state(state["grain"].encode())
+    def read(self, indices: np.ndarray) -> dict:
+        keys = [int(i) for i in indices]
+        try:  # one batched read where the source supports it (ArrayRecord does)
+            records = self.source.__getitems__(keys)
+        except (AttributeError, TypeError, NotImplementedError):  # e.g. tfds.testing.mock_data's sources
+            records = [self.source[k] for k in keys]
+        out = {"data": np.stack([self._image(r) for r in records])}
+        if self.label_key is not None:
+            out["label"] = np.asarray([r[self.label_key] for r in records], np.int32)
+        return out
 
 
 def tfds_loader(name: str, split: str, batch_size: int, *, data_dir: Optional[str] = None, seed: int = 0,
                 image_key: str = "image", label_key: Optional[str] = "label", image_size: Optional[int] = None,
                 random_flip: bool = True, uniform_dequantization: bool = False, data_range=(-1.0, 1.0),
-                num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
-                shard_count: Optional[int] = None):
+                shard_index: Optional[int] = None, shard_count: Optional[int] = None) -> ArrayLoader:
     """A TFDS dataset (``cifar10``, ``mnist``, ``celeb_a``, ...) read with ``tfds.data_source`` (ArrayRecord,
-    no TensorFlow) and batched by grain: shuffled per epoch, sharded over processes (default: this
-    process of ``jax.process_count()``), uint8 images mapped to ``data_range`` (256 levels),
-    optional random horizontal flips and uniform dequantisation, optional centre crop + resize to
-    ``image_size``. The dataset must already be prepared in ``data_dir`` (nothing is downloaded).
+    random access, no TensorFlow) by an :class:`ArrayLoader`: a global order per epoch, each process
+    (default: this one of ``jax.process_count()``) reading its own slice of every global batch;
+    uint8 images mapped to ``data_range`` (256 levels), optional random horizontal flips and uniform
+    dequantisation, optional centre crop + resize to ``image_size``. The dataset must already be
+    prepared in ``data_dir`` (nothing is downloaded).
     """
     try:
-        import grain.python as grain
         import tensorflow_datasets as tfds
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("TFDS datasets need `pip install tensorflow-datasets grain` (no TensorFlow)") from e
+        raise ImportError("TFDS datasets need `pip install tensorflow-datasets` (no TensorFlow)") from e
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises many types (not found, not prepared, corrupt); one message for all
@@ -262,29 +300,9 @@ def tfds_loader(name: str, split: str, batch_size: int, *, data_dir: Optional[st
         raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty; expected at least one example")
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
-
-    class Preprocess(grain.RandomMapTransform):
-        def random_map(self, record, rng: np.random.Generator):
-            image = np.asarray(record[image_key])
-            if image.ndim == 2:
-                image = image[..., None]
-            if image_size is not None and image.shape[:2] != (image_size, image_size):
-                image = _centre_crop_resize(image, image_size)
-            u = rng.uniform(size=image.shape).astype(np.float32) if uniform_dequantization else None
-            x = levels_to_model(image, 256, data_range, u)
-            if random_flip and rng.uniform() < 0.5:
-                x, image = x[:, ::-1], image[:, ::-1]
-            out = {"x": np.asarray(x, np.float32), "levels": np.ascontiguousarray(image)}
-            if label_key is not None:
-                out["label"] = np.int32(record[label_key])
-            return out
-
-    sampler = grain.IndexSampler(
-        num_records=len(source), shard_options=grain.ShardOptions(shard_index, shard_count, drop_remainder=True),
-        shuffle=True, num_epochs=num_epochs, seed=seed)
-    loader = grain.DataLoader(data_source=source, sampler=sampler,
-                              operations=[Preprocess(), grain.Batch(batch_size, drop_remainder=True)], worker_count=0)
-    return _GrainLoader(loader)
+    return ArrayLoader(_TFDSSource(source, image_key, label_key, image_size), None, batch_size, seed=seed,
+                       levels=256, data_range=data_range, uniform_dequantization=uniform_dequantization,
+                       random_flip=random_flip, shard_index=shard_index, shard_count=shard_count)
 
 
 def _centre_crop_resize(image: np.ndarray, size: int) -> np.ndarray:

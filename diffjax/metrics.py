@@ -423,7 +423,7 @@ def digits_classifier(workdir: Optional[str] = None, seed: int = 0) -> tuple[Any
         params = _train_digits_classifier(seed)
         if path:
             os.makedirs(workdir, exist_ok=True)
-            tmp = path + ".tmp"
+            tmp = f"{path}.tmp{os.getpid()}"  # one per process: several hosts may cache at once
             with open(tmp, "wb") as f:
                 f.write(serialization.to_bytes(params))
             os.replace(tmp, path)

@@ -9,6 +9,11 @@ explicit in/out shardings; XLA inserts the collectives.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+import threading
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -27,6 +32,7 @@ __all__ = [
     "global_batch",
     "check_global_batch",
     "initialize_distributed",
+    "PeerWatchdog",
     "is_main_process",
 ]
 
@@ -120,11 +126,151 @@ def global_batch(local_batch: Any, mesh: Mesh, leading: int = 0) -> Any:
     return jax.tree_util.tree_map(one, local_batch)
 
 
+ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "DIFFJAX_COORDINATOR", "DIFFJAX_NUM_PROCESSES", "DIFFJAX_PROCESS_ID"
+
+
+def _env_int(name: str) -> Optional[int]:
+    text = os.environ.get(name)
+    if text in (None, ""):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer; got {text!r}") from None
+
+
 def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None, **kwargs) -> None:
-    """Start multi-host JAX (``jax.distributed.initialize``). Never called automatically: call it first
-    thing on every host (on Cloud TPU and SLURM the arguments are detected when omitted)."""
-    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+                           process_id: Optional[int] = None, *, heartbeat_timeout: int = 60,
+                           peer_timeout: Optional[float] = 20.0, **kwargs) -> None:
+    """Start multi-host JAX (``jax.distributed.initialize``); call it first thing on every host.
+
+    Arguments left out come from ``DIFFJAX_COORDINATOR`` (or JAX's ``JAX_COORDINATOR_ADDRESS``),
+    ``DIFFJAX_NUM_PROCESSES`` and ``DIFFJAX_PROCESS_ID``, and otherwise from JAX's cluster detection
+    (Cloud TPU, SLURM, Open MPI, Kubernetes). On CPU the processes talk through gloo. With more
+    than one process a :class:`PeerWatchdog` starts: when a peer stops sending heartbeats for
+    ``peer_timeout`` seconds (it died, or its host did), this process prints one line and exits with
+    status 1 instead of waiting in a collective; JAX's own ``heartbeat_timeout`` is the backstop.
+    """
+    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+    num_processes = _env_int(ENV_NUM_PROCESSES) if num_processes is None else num_processes
+    process_id = _env_int(ENV_PROCESS_ID) if process_id is None else process_id
+    given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError("give the coordinator (HOST:PORT), the number of processes and this process's id together "
+                         f"(flags --coordinator/--num-processes/--process-id or {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, "
+                         f"{ENV_PROCESS_ID}), or none of them for automatic detection on TPU, SLURM or Open MPI")
+    if num_processes is not None and not (num_processes >= 1 and 0 <= process_id < num_processes):
+        raise ValueError(f"need num_processes >= 1 and 0 <= process_id < num_processes; got {process_id} of "
+                         f"{num_processes}")
+    if coordinator_address is not None and ":" not in coordinator_address:
+        raise ValueError(f"the coordinator must be HOST:PORT; got {coordinator_address!r}")
+    if os.environ.get("JAX_PLATFORMS", "").split(",")[0] in ("", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=int(heartbeat_timeout), **kwargs)
+    if jax.process_count() > 1 and peer_timeout:
+        PeerWatchdog.start_global(float(peer_timeout))
+
+
+class PeerWatchdog:
+    """Heartbeats between processes through JAX's coordination service, so a dead peer stops the rest.
+
+    A thread in every process increments its own counter every ``interval`` seconds and watches the
+    others' (no clocks compared: each process times the changes it sees). A peer whose counter has not
+    moved for ``timeout`` seconds, or a coordination service that no longer answers (process 0 is
+    gone), ends this process: one line on stderr, exit status 1, without waiting in a collective that
+    can never finish. A process that ends normally calls :meth:`stop` first, marking itself done.
+    """
+
+    _global: Optional["PeerWatchdog"] = None
+
+    def __init__(self, client, process_id: int, num_processes: int, timeout: float, interval: float = 1.0):
+        self.client, self.me, self.n = client, process_id, num_processes
+        self.timeout, self.interval = timeout, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="diffjax-peer-watchdog", daemon=True)
+
+    @classmethod
+    def start_global(cls, timeout: float) -> "PeerWatchdog":
+        from jax._src import distributed
+
+        if cls._global is None:
+            cls._global = cls(distributed.global_state.client, jax.process_index(), jax.process_count(), timeout)
+            cls._global._thread.start()
+            atexit.register(cls.stop_global)  # runs before JAX's own shutdown (registered earlier)
+        return cls._global
+
+    @classmethod
+    def stop_global(cls) -> None:
+        if cls._global is not None:
+            cls._global.stop()
+            cls._global = None
+
+    def stop(self) -> None:
+        """Mark this process done (peers stop watching it) and end the thread."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.client.key_value_set(f"diffjax/done/{self.me}", "1", allow_overwrite=True)
+        except Exception:  # the service may already be gone at exit; nothing to tell then
+            pass
+
+    @classmethod
+    def abort(cls, error: BaseException) -> None:
+        """End this process after an unexpected error in a multi-process run, without JAX's shutdown
+        barrier (which cannot complete, and aborts with pages of log, when a peer is gone).
+
+        A collective fails fast when a peer dies (gloo: connection closed), before the heartbeats
+        tell which peer it was; so first give the watchdog its timeout to name a dead peer (it exits
+        the process with that reason), and only then report the error itself. Never returns.
+        """
+        dog = cls._global
+        me, n = jax.process_index(), jax.process_count()
+        if dog is not None and dog._thread.is_alive():
+            deadline = time.monotonic() + dog.timeout + 3 * dog.interval
+            while time.monotonic() < deadline and dog._thread.is_alive():
+                time.sleep(0.1)
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        sys.stderr.write(f"diffjax: error: process {me} of {n} failed: {type(error).__name__}: {first}; the other "
+                         "processes stop when they miss its heartbeat. Restart every process with the same command "
+                         "to resume from the last checkpoint\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    def _fail(self, reason: str) -> None:
+        sys.stderr.write(f"diffjax: error: {reason}; process {self.me} of {self.n} stops too. Restart every process "
+                         "with the same command to resume from the last checkpoint\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    def _run(self) -> None:
+        beat, seen = 0, {j: (None, time.monotonic()) for j in range(self.n) if j != self.me}
+        while not self._stop.wait(self.interval):
+            beat += 1
+            try:
+                self.client.key_value_set(f"diffjax/heartbeat/{self.me}", str(beat), allow_overwrite=True)
+                for j, (last, since) in list(seen.items()):
+                    if self._probe(f"diffjax/done/{j}") is not None:
+                        del seen[j]
+                        continue
+                    value, now = self._probe(f"diffjax/heartbeat/{j}"), time.monotonic()
+                    if value != last:
+                        seen[j] = (value, now)
+                    elif now - since > self.timeout:
+                        self._fail(f"process {j} of {self.n} sent no heartbeat for {now - since:.0f} s")
+            except Exception as e:  # noqa: BLE001 - any failure to reach the service means it is gone
+                if not self._stop.is_set():
+                    self._fail(f"lost the coordination service ({type(e).__name__}); process 0 has probably died")
+
+    def _probe(self, key: str) -> Optional[str]:
+        try:
+            return self.client.key_value_try_get(key)
+        except Exception as e:  # a key not set yet reads as NOT_FOUND; anything else is a real failure
+            if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
+                return None
+            raise
 
 
 def is_main_process() -> bool:

@@ -238,6 +238,7 @@ def test_class_conditional_network_uses_its_labels():
         models.NCSNpp(**TINY).apply(params, x, labels, class_labels=jnp.zeros((3,), jnp.int32))
 
 
+@pytest.mark.slow  # compile-bound (two whole networks); their structure is checked by the parameter counts
 def test_ddpm_and_ncsnv2_forward():
     for net in (models.DDPM(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)), models.NCSNv2(nf=8)):
         params = _jit_init(net, (8, 8, 1))

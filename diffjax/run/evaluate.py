@@ -27,7 +27,7 @@ def _eval_data(config, split: str, num: int):
     if config.data.dataset == "digits":
         x, _ = data.digits_split(split, config.data.image_size)
         return x[:num], data.DIGITS_LEVELS
-    loader = build_loader(config, split, num, train=False)
+    loader = build_loader(config, split, num, train=False, sharded=False)  # the same examples on every process
     if is_toy(config):
         return next(loader)["x"], None
     return next(loader)["levels"], 256
@@ -40,7 +40,7 @@ def gaussian_baseline(config, split: str, x: np.ndarray) -> Optional[float]:
         train_levels, _ = data.digits_split("train", config.data.image_size)
         return data.fit_gaussian_bits_per_dim(train_levels, x, data.DIGITS_LEVELS)
     if is_toy(config):
-        a = np.asarray(next(build_loader(config, "train", 20_000, train=False))["x"], np.float64)
+        a = np.asarray(next(build_loader(config, "train", 20_000, train=False, sharded=False))["x"], np.float64)
         m, cov = a.mean(0), np.cov(a, rowvar=False, bias=True)
         r = np.asarray(x, np.float64) - m
         quad = np.einsum("ni,ij,nj->n", r, np.linalg.inv(cov), r)
@@ -104,7 +104,7 @@ def _reference_images(config, split: str, num: int) -> np.ndarray:
     if config.data.dataset == "digits":
         x, _ = data.digits_split(split, config.data.image_size)
         return data.levels_to_model(x[:num].astype(np.float32), data.DIGITS_LEVELS, (0.0, 1.0))
-    loader = build_loader(config, split, min(num, 500), train=False)
+    loader = build_loader(config, split, min(num, 500), train=False, sharded=False)
     out, n = [], 0
     while n < num:
         levels = np.asarray(next(loader)["levels"], np.float32)
