@@ -21,7 +21,8 @@ __all__ = ["main"]
 
 # sampling flags of `sample` and `evaluate` -> the config key each one sets
 SAMPLING_FLAGS = {"sampler": "method", "steps": "n_steps", "grid": "grid", "predictor": "predictor",
-                  "corrector": "corrector", "snr": "snr", "guidance": "guidance_weight"}
+                  "corrector": "corrector", "snr": "snr", "guidance": "guidance_weight", "order": "order",
+                  "teleport": "teleport"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,12 +47,30 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=None, help="a sampler name (dpmpp_2m, ddim, edm_heun, pc, ode, ...); "
                                                    "default: the config's sampling.method")
     p.add_argument("--steps", type=_positive_int, default=None, help="time steps of a fixed-step sampler")
-    p.add_argument("--grid", default=None, help="time grid: uniform, quadratic, log_snr or karras")
+    p.add_argument("--grid", default=None, help="time grid: uniform, quadratic, log_snr, karras or fitted (to the "
+                                                "data's Gaussian, for the sampler and the number of steps)")
+    p.add_argument("--order", type=_positive_int, default=None, help="order of unipc (1-3) or dpmpp_3m")
+    p.add_argument("--teleport", default=None, help="off, auto or KAPPA: start the sampler at sigma_hat = KAPPA "
+                                                    "x the data's largest std, reached by the exact Gaussian flow")
     p.add_argument("--predictor", default=None, help="predictor of the pc sampler")
     p.add_argument("--corrector", default=None, help="corrector of the pc sampler (none: predictor alone)")
     p.add_argument("--snr", type=float, default=None, help="signal-to-noise ratio of the Langevin corrector")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight w (class-conditional runs trained with label dropout)")
+
+
+def _distributed_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-host (run the same command on every host)")
+    g.add_argument("--distributed", action="store_true",
+                   help="start jax.distributed first; without the three flags below the cluster is detected "
+                        "(Cloud TPU, SLURM, Open MPI)")
+    g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0's coordination service "
+                                                       "(or DIFFJAX_COORDINATOR)")
+    g.add_argument("--num-processes", type=_positive_int, default=None, help="processes in all "
+                                                                             "(or DIFFJAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, help="this process, 0 .. N-1 (or DIFFJAX_PROCESS_ID)")
+    g.add_argument("--peer-timeout", type=float, default=20.0,
+                   help="seconds without a peer's heartbeat before this process stops (default 20)")
 
 
 def _run_flags(p: argparse.ArgumentParser, num_default, num_help: str) -> None:
@@ -75,14 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="where checkpoints, logs and samples go (default: ./runs/CONFIG)")
     p.add_argument("--steps", type=_positive_int, default=None, help="train steps (sets training.n_iters)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-host: call jax.distributed.initialize() first (run the same command on every host)")
+    _distributed_flags(p)
 
     p = sub.add_parser("sample", help="draw samples from a trained run's EMA parameters")
     _run_flags(p, 64, "number of samples (default 64)")
     _sampling_flags(p)
     p.add_argument("--out", default=None, help="output .npz (default: WORKDIR/samples/samples_STEP.npz); "
                                                "a PNG grid is written beside it")
+    _distributed_flags(p)
 
     p = sub.add_parser("likelihood", help="bits/dim (or NLL for 2-D toys) of a data split under a trained run")
     _run_flags(p, None, "examples (default: the config's eval.bpd_num_examples)")
@@ -90,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=None, help="ODE tolerance (default: the config's eval.bpd_rtol)")
     p.add_argument("--num-dequantizations", type=_positive_int, default=1,
                    help="importance-weighted dequantisation draws")
+    _distributed_flags(p)
 
     p = sub.add_parser("evaluate", help="sample and print FID, KID and IS (digits features for the digits)")
     _run_flags(p, 1000, "number of samples (default 1000)")
@@ -97,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="FID InceptionV3 weights (.npz, see diffjax.metrics); needed for datasets other than digits")
     _sampling_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _distributed_flags(p)
     return parser
 
 
@@ -120,10 +141,6 @@ def _train(args, overrides) -> int:
     workdir = args.workdir or os.path.join("runs", name)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir {workdir} is a file; expected a directory (new or of this run)")
-    if args.distributed:
-        from diffjax.parallel import initialize_distributed
-
-        initialize_distributed()
     result = train(config, workdir, progress=not args.no_progress)
     if not result.get("stopped"):
         print(f"done: step {result['step']} in {result['workdir']}")
@@ -184,9 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from diffjax.checkpoint import CheckpointError
     from diffjax.run import NonFiniteLossError
 
+    given = [f"--{f.replace('_', '-')}" for f in ("coordinator", "num_processes", "process_id")
+             if getattr(args, f, None) is not None]
+    if given and not args.distributed:
+        _parser().error(f"{', '.join(given)} need --distributed")
     commands = {"train": lambda: _train(args, overrides), "sample": lambda: _sample(args),
                 "likelihood": lambda: _likelihood(args), "evaluate": lambda: _evaluate(args)}
     try:
+        if args.distributed:
+            from diffjax.parallel import initialize_distributed
+
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                   peer_timeout=args.peer_timeout)
         return commands[args.command]()
     except NonFiniteLossError as e:
         print(f"diffjax: {e}", file=sys.stderr)
@@ -195,6 +221,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(e).split())  # one line, whatever the exception carried
         print(f"diffjax {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if args.distributed:
+            from diffjax.parallel import PeerWatchdog
+
+            PeerWatchdog.abort(e)  # a failed collective is most often a dead peer: name it, then exit
+        raise
+    finally:
+        if args.distributed:
+            from diffjax.parallel import PeerWatchdog
+
+            PeerWatchdog.stop_global()  # done: the other processes may finish without us
 
 
 if __name__ == "__main__":

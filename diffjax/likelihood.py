@@ -33,7 +33,8 @@ DIVERGENCES = ("rademacher", "gaussian", "exact")
 
 def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method):
     if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a diffjax process (VESDE, VPSDE, SubVPSDE); got {type(sde).__name__}")
+        raise TypeError(f"sde must be a diffjax process (diffjax.sde.PROCESSES); got {type(sde).__name__}")
+    sde.require_gaussian("the probability-flow likelihood (Gaussian prior density and kernel)")
     if not callable(score_fn):
         raise TypeError("score_fn must be callable score_fn(x, t)")
     if jnp.ndim(x) < 2:

@@ -32,6 +32,9 @@ __all__ = [
     "get_discrete_dsm_loss_fn",
     "get_smld_loss_fn",
     "get_ddpm_loss_fn",
+    "get_edm_loss_fn",
+    "get_flow_matching_loss_fn",
+    "TIME_SAMPLINGS",
 ]
 
 
@@ -53,7 +56,7 @@ def _reduce(sq: Array, reduce_mean: bool) -> Array:
 
 def _check(sde: SDE, score_model: Callable) -> None:
     if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a diffjax process (VESDE, VPSDE, SubVPSDE); got {type(sde).__name__}")
+        raise TypeError(f"sde must be a diffjax process (diffjax.sde.PROCESSES); got {type(sde).__name__}")
     if not callable(score_model):
         raise TypeError("score_model must be callable score_model(params, x, t, **cond)")
 
@@ -84,6 +87,7 @@ def get_dsm_loss_fn(
     Returns ``loss_fn(key, params, batch) -> (loss, {"loss": loss})``; loss is the batch mean.
     """
     _check(sde, score_model)
+    sde.require_gaussian("the denoising score-matching loss (use get_edm_loss_fn)")
     if importance_sampling and not likelihood_weighting:
         raise ValueError(
             "importance_sampling=True draws t in proportion to g^2/sigma^2, which matches "
@@ -134,6 +138,10 @@ def get_discrete_dsm_loss_fn(
     ``continuous=False`` so the network reads the step index.
     """
     _check(sde, score_model)
+    sde.require_gaussian("the discrete DSM loss")
+    if float(sde.discrete_marginal_coeffs()[1][0]) <= 0:
+        raise ValueError(f"{type(sde).__name__}'s discrete chain starts at sigma_0 = 0, where the discrete loss is "
+                         "undefined; train it in continuous time (get_dsm_loss_fn)")
 
     def loss_fn(key: Array, params: Any, batch: Any) -> tuple[Array, dict]:
         x, cond = split_batch(batch)
@@ -166,3 +174,110 @@ def get_ddpm_loss_fn(sde: VPSDE, score_model: Callable[..., Array], **kwargs) ->
     if not isinstance(sde, VPSDE):
         raise TypeError(f"the DDPM loss needs a VPSDE; got {type(sde).__name__}")
     return get_discrete_dsm_loss_fn(sde, score_model, **kwargs)
+
+
+def get_edm_loss_fn(
+    sde: SDE,
+    score_model: Callable[..., Array],
+    *,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    sigma_data: float = 0.5,
+    reduce_mean: bool = True,
+    rng_kwarg: str | None = None,
+) -> LossFn:
+    """EDM's loss (Karras et al. 2022, eq. 8 with Table 1's choices), for any process.
+
+    The noise level of x / a is drawn log-normally, ln sigma_hat ~ N(p_mean, p_std^2), mapped to the
+    process's time t(sigma_hat) (clipped to [0, T]; the weight uses the clipped level), and
+
+        L = E [ w(sigma_hat) || D(x_t, t) - x0 ||^2 ],  w = (sigma_hat^2 + sd^2) / (sigma_hat sd)^2,
+
+    with D = (x_t + sigma^2 s) / a the denoiser of the score model and x_t drawn by the process's
+    kernel (``sde.perturb``: Gaussian, or PFGM++'s Student-t with r = sigma sqrt(D)). With EDM's
+    preconditioning (``prediction="edm"``) the target of the network is unit-variance at every
+    sigma. ``reduce_mean``: mean over data dimensions (True, EDM's scale up to a constant) or half their sum.
+    """
+    _check(sde, score_model)
+    if not (p_std > 0 and sigma_data > 0):
+        raise ValueError(f"the EDM loss needs p_std > 0 and sigma_data > 0; got p_std={p_std}, sigma_data={sigma_data}")
+
+    def loss_fn(key: Array, params: Any, batch: Any) -> tuple[Array, dict]:
+        x, cond = split_batch(batch)
+        k_t, k_z, k_model = jax.random.split(key, 3)
+        n = x.shape[0]
+        sigma_hat = jnp.exp(p_mean + p_std * jax.random.normal(k_t, (n,), jnp.float32))
+        t = jnp.clip(sde.t_from_noise_level(sigma_hat), 0.0, sde.T)
+        t = jnp.maximum(t, jnp.finfo(jnp.float32).tiny)
+        a, sigma = sde.marginal_coeffs(t)
+        sigma_hat = sigma / a
+        x_t = sde.perturb(k_z, x, t)
+        if rng_kwarg is not None:
+            cond = {**cond, rng_kwarg: k_model}
+        score = score_model(params, x_t, t, **cond)
+        denoised = (x_t + expand_to(sigma, x) ** 2 * score) / expand_to(a, x)
+        weight = (sigma_hat**2 + sigma_data**2) / (sigma_hat * sigma_data) ** 2
+        loss = jnp.mean(weight * _reduce((denoised - x) ** 2, reduce_mean))
+        return loss, {"loss": loss}
+
+    return loss_fn
+
+
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def get_flow_matching_loss_fn(
+    sde: SDE,
+    score_model: Callable[..., Array],
+    *,
+    time_sampling: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    eps: float | None = None,
+    reduce_mean: bool = True,
+    rng_kwarg: str | None = None,
+) -> LossFn:
+    """Flow matching / the interpolants' velocity loss, for any Gaussian process:
+
+        L = E_t E [ || u(x_t, t) - (a'(t) x0 + sigma'(t) z) ||^2 ],   x_t = a x0 + sigma z,
+
+    where u = f x - g^2 s / 2 is the probability-flow velocity of the score model (what a network
+    with ``prediction="velocity"`` outputs, exactly) and a', sigma' are time derivatives; its
+    minimiser is u = E[a' x0 + sigma' z | x_t]. For rectified flow the target is z - x0 (the usual
+    x1 - x0 with diffusion time's sign).
+
+    ``time_sampling``: "uniform" on [eps, T] or "logit_normal" (Esser et al. 2024:
+    t = eps + (T - eps) sigmoid(m + s n), n ~ N(0, 1)). eps defaults to ``sde.sampling_eps``.
+    """
+    _check(sde, score_model)
+    sde.require_gaussian("the flow-matching loss")
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time_sampling {time_sampling!r}; expected one of {TIME_SAMPLINGS}")
+    eps = sde.sampling_eps if eps is None else float(eps)
+    if not 0.0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
+    if not logit_std > 0:
+        raise ValueError(f"logit_std must be > 0; got {logit_std}")
+
+    def loss_fn(key: Array, params: Any, batch: Any) -> tuple[Array, dict]:
+        x, cond = split_batch(batch)
+        k_t, k_z, k_model = jax.random.split(key, 3)
+        n = x.shape[0]
+        if time_sampling == "uniform":
+            u = jax.random.uniform(k_t, (n,), jnp.float32)
+        else:
+            u = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(k_t, (n,), jnp.float32))
+        t = eps + (sde.T - eps) * u
+        a, sigma, da, dsigma = sde.marginal_coeffs_and_derivatives(t)
+        z = jax.random.normal(k_z, x.shape, x.dtype)
+        x_t = expand_to(a, x) * x + expand_to(sigma, x) * z
+        target = expand_to(da, x) * x + expand_to(dsigma, x) * z
+        if rng_kwarg is not None:
+            cond = {**cond, rng_kwarg: k_model}
+        score = score_model(params, x_t, t, **cond)
+        f, g = sde.drift_diffusion_coeffs(t)
+        velocity = expand_to(f, x) * x_t - expand_to(0.5 * g**2, x) * score
+        loss = jnp.mean(_reduce((velocity - target) ** 2, reduce_mean))
+        return loss, {"loss": loss}
+
+    return loss_fn

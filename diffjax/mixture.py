@@ -106,7 +106,8 @@ class GaussianMixture:
         n = x.shape[0]
         if sde is None:
             return jnp.ones((n,)), jnp.zeros((n,))
-        check_batch_time(x, t)
+        check_batch_time(x, t, T=sde.T)
+        sde.require_gaussian("GaussianMixture's closed-form marginals")
         return sde.marginal_coeffs(t)
 
     def log_prob(self, x: Array, sde: SDE | None = None, t: Array | None = None) -> Array:

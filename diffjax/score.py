@@ -10,9 +10,18 @@ It reads time through *labels* (the original score_sde's maps) and predicts one 
     "v"      velocity:    with r = sqrt(a^2 + sigma^2), a' = a/r, sigma' = sigma/r (a unit-variance
              rescaling of x), v = a' eps - sigma' x0; then eps = sigma' x / r + a' v. For VP (r = 1)
              this is Salimans & Ho's v-prediction.
+    "velocity"  the probability-flow velocity dx/dt = E[a' x0 + sigma' z | x_t] (a', sigma' the time
+             derivatives): flow matching's target, z - x0 for rectified flow. With lambda' = d log(a/sigma)/dt,
+             D = (sigma u - sigma' x) / (sigma a lambda').
+    "edm"    EDM's preconditioned denoiser (Karras et al. 2022) on the rescaled x / a with noise level
+             sigma_hat = sigma / a: the network F sees c_in x / a and c_noise = log(sigma_hat) / 4, and
+             D = c_skip x / a + c_out F with c_skip = sd^2 / (sigma_hat^2 + sd^2),
+             c_out = sigma_hat sd / sqrt(sigma_hat^2 + sd^2), c_in = 1 / sqrt(sigma_hat^2 + sd^2),
+             sd = sigma_data. Any process, any network.
 
 ``(a, sigma)`` are the process's marginal coefficients at t (continuous time) or the discrete
-chain's at the nearest step (discrete time).
+chain's at the nearest step (discrete time). :func:`convert_prediction` converts between all of
+them (pure functions, for any sampler or loss).
 """
 
 from __future__ import annotations
@@ -24,17 +33,20 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from diffjax.sde import SDE, VESDE, SubVPSDE, VPSDE, check_batch_time, expand_to
+from diffjax.sde import SDE, check_batch_time, expand_to
 
 Array = jax.Array
 
-PREDICTIONS = ("score", "eps", "x0", "v")
+PREDICTIONS = ("score", "eps", "x0", "v", "velocity", "edm")
 
 __all__ = [
     "PREDICTIONS",
     "time_labels",
     "model_marginal_coeffs",
     "output_to_score",
+    "score_to_output",
+    "convert_prediction",
+    "edm_preconditioning",
     "eps_from_score",
     "x0_from_score",
     "ScoreModel",
@@ -51,22 +63,15 @@ def _check_prediction(prediction: str) -> None:
 
 
 def time_labels(sde: SDE, t: Array, continuous: bool = True) -> Array:
-    """The network's time input for time ``t`` (the original score_sde's label maps).
+    """The network's time input for time ``t``: the process's own map (:meth:`SDE.time_labels`).
 
-    - VP / sub-VP, continuous: 999 t (float)
-    - VP / sub-VP, discrete:   round(t (N - 1)) (int32), the DDPM step index
-    - VE, continuous:          sigma(t) (float)
-    - VE, discrete:            the index (int32) of the discrete sigma nearest to sigma(t) in log
-                               scale, i.e. round(t (N - 1)) into the increasing ``discrete_sigmas``
+    - VP / sub-VP / cosine / interpolants, continuous: 999 t / T (float); EDM and PFGM++: log(t) / 4
+    - discrete: the step index round(t (N - 1) / T) (int32)
+    - VE, continuous: sigma(t) (float), NCSN++'s input
     """
-    t = jnp.asarray(t)
-    if isinstance(sde, VESDE):
-        return sde.sigma(t) if continuous else sde.timestep_index(t)
-    if isinstance(sde, (VPSDE, SubVPSDE)):
-        return t * 999.0 if continuous else sde.timestep_index(t)
-    raise TypeError(
-        f"no default time labels for process {type(sde).__name__}; pass label_fn=... to make_score_model"
-    )
+    if not isinstance(sde, SDE):
+        raise TypeError(f"no default time labels for {type(sde).__name__}; pass label_fn=... to make_score_model")
+    return sde.time_labels(jnp.asarray(t), continuous)
 
 
 def model_marginal_coeffs(sde: SDE, t: Array, continuous: bool = True) -> tuple[Array, Array]:
@@ -78,21 +83,82 @@ def model_marginal_coeffs(sde: SDE, t: Array, continuous: bool = True) -> tuple[
     return a[i], s[i]
 
 
-def output_to_score(output: Array, x: Array, a: Array, sigma: Array, prediction: str) -> Array:
-    """Convert a network output to a score. ``a``, ``sigma``: shape (batch,); ``x``, ``output``: (batch, ...)."""
+def edm_preconditioning(sigma_hat: Array, sigma_data: float = 0.5) -> tuple[Array, Array, Array, Array]:
+    """EDM's (c_skip, c_out, c_in, c_noise) at noise levels ``sigma_hat`` (any shape)."""
+    sigma_hat = jnp.asarray(sigma_hat)
+    var = sigma_hat**2 + sigma_data**2
+    return sigma_data**2 / var, sigma_hat * sigma_data / jnp.sqrt(var), 1.0 / jnp.sqrt(var), 0.25 * jnp.log(sigma_hat)
+
+
+def _velocity_coeffs(sde: SDE, t: Array) -> tuple[Array, Array, Array, Array]:
+    """(a, sigma, d sigma/dt, a d lambda/dt) at t: the velocity conversion's coefficients."""
+    a, s, da, ds = sde.marginal_coeffs_and_derivatives(t)
+    return a, s, ds, da - a * ds / s
+
+
+def output_to_score(output: Array, x: Array, a: Array, sigma: Array, prediction: str, *,
+                    sde: SDE | None = None, t: Array | None = None, sigma_data: float = 0.5) -> Array:
+    """Convert a network output to a score. ``a``, ``sigma``: shape (batch,); ``x``, ``output``: (batch, ...).
+
+    "velocity" needs the process and the time (``sde``, ``t``); "edm" reads ``sigma_data``.
+    """
     _check_prediction(prediction)
     if output.shape != x.shape:
         raise ValueError(f"network output has shape {output.shape}; expected the shape of x, {x.shape}")
-    a, sigma = expand_to(a, x), expand_to(sigma, x)
+    ae, se = expand_to(a, x), expand_to(sigma, x)
     if prediction == "score":
         return output
     if prediction == "eps":
-        return -output / sigma
+        return -output / se
     if prediction == "x0":
-        return (a * output - x) / sigma**2
-    r = jnp.sqrt(a**2 + sigma**2)
-    eps = (sigma / r) * (x / r) + (a / r) * output
-    return -eps / sigma
+        return (ae * output - x) / se**2
+    if prediction == "v":
+        r = jnp.sqrt(ae**2 + se**2)
+        eps = (se / r) * (x / r) + (ae / r) * output
+        return -eps / se
+    if prediction == "edm":
+        c_skip, c_out, _, _ = edm_preconditioning(sigma / a, sigma_data)
+        d = expand_to(c_skip, x) * x / ae + expand_to(c_out, x) * output
+        return (ae * d - x) / se**2
+    if sde is None or t is None:
+        raise ValueError("prediction='velocity' needs the process and the time: output_to_score(..., sde=, t=)")
+    _, _, ds, a_dlam = _velocity_coeffs(sde, t)
+    d = (se * output - expand_to(ds, x) * x) / (se * expand_to(a_dlam, x))
+    return (ae * d - x) / se**2
+
+
+def score_to_output(score: Array, x: Array, a: Array, sigma: Array, prediction: str, *,
+                    sde: SDE | None = None, t: Array | None = None, sigma_data: float = 0.5) -> Array:
+    """The inverse of :func:`output_to_score`: what a network predicting ``prediction`` outputs for ``score``."""
+    _check_prediction(prediction)
+    ae, se = expand_to(a, x), expand_to(sigma, x)
+    if prediction == "score":
+        return score
+    eps = -se * score
+    d = (x + se**2 * score) / ae
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return d
+    if prediction == "v":
+        r = jnp.sqrt(ae**2 + se**2)
+        return (ae / r) * eps - (se / r) * d
+    if prediction == "edm":
+        c_skip, c_out, _, _ = edm_preconditioning(sigma / a, sigma_data)
+        return (d - expand_to(c_skip, x) * x / ae) / expand_to(c_out, x)
+    if sde is None or t is None:
+        raise ValueError("prediction='velocity' needs the process and the time: score_to_output(..., sde=, t=)")
+    _, _, ds, a_dlam = _velocity_coeffs(sde, t)
+    return expand_to(a_dlam, x) * d + expand_to(ds, x) * x / se
+
+
+def convert_prediction(value: Array, x: Array, t: Array, sde: SDE, source: str, target: str, *,
+                       sigma_data: float = 0.5) -> Array:
+    """Convert a prediction of kind ``source`` at (x, t) into kind ``target`` (both in ``PREDICTIONS``),
+    exactly, through the score: e.g. ``convert_prediction(v, x, t, sde, "velocity", "eps")``."""
+    a, sigma = sde.marginal_coeffs(t)
+    score = output_to_score(value, x, a, sigma, source, sde=sde, t=t, sigma_data=sigma_data)
+    return score_to_output(score, x, a, sigma, target, sde=sde, t=t, sigma_data=sigma_data)
 
 
 def eps_from_score(score: Array, sigma: Array) -> Array:
@@ -121,6 +187,7 @@ class ScoreModel:
     continuous: bool = True
     scale_by_sigma: bool = False
     label_fn: Optional[Callable[[Array], Array]] = None
+    sigma_data: float = 0.5
 
     def __post_init__(self):
         _check_prediction(self.prediction)
@@ -129,18 +196,28 @@ class ScoreModel:
         if not callable(self.apply_fn):
             raise TypeError(f"apply_fn must be callable apply_fn(params, x, labels); got {type(self.apply_fn).__name__}")
         if not isinstance(self.sde, SDE):
-            raise TypeError(f"sde must be a diffjax process (VESDE, VPSDE, SubVPSDE); got {type(self.sde).__name__}")
+            raise TypeError(f"sde must be a diffjax process (diffjax.sde.PROCESSES); got {type(self.sde).__name__}")
+        if self.prediction in ("velocity", "edm") and not self.continuous:
+            raise ValueError(f"prediction={self.prediction!r} needs continuous time (continuous=True)")
+        if not self.sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0; got {self.sigma_data}")
         if self.label_fn is None:
-            time_labels(self.sde, jnp.zeros((1,)), self.continuous)  # fail now, not at trace time
+            time_labels(self.sde, jnp.ones((1,)) * self.sde.sampling_eps, self.continuous)  # fail now, not at trace time
 
     def __call__(self, params: Any, x: Array, t: Array, **cond) -> Array:
-        check_batch_time(x, t)
-        labels = self.label_fn(t) if self.label_fn is not None else time_labels(self.sde, t, self.continuous)
-        output = self.apply_fn(params, x, labels, **cond)
+        check_batch_time(x, t, T=self.sde.T)
         a, sigma = model_marginal_coeffs(self.sde, t, self.continuous)
+        if self.prediction == "edm":
+            # EDM's preconditioning: the network sees c_in x / a and c_noise (unless label_fn says otherwise)
+            _, _, c_in, c_noise = edm_preconditioning(sigma / a, self.sigma_data)
+            labels = self.label_fn(t) if self.label_fn is not None else c_noise
+            output = self.apply_fn(params, expand_to(c_in / a, x).astype(x.dtype) * x, labels, **cond)
+        else:
+            labels = self.label_fn(t) if self.label_fn is not None else time_labels(self.sde, t, self.continuous)
+            output = self.apply_fn(params, x, labels, **cond)
         if self.prediction == "score" and self.scale_by_sigma:
             return output / expand_to(sigma, x)
-        return output_to_score(output, x, a, sigma, self.prediction)
+        return output_to_score(output, x, a, sigma, self.prediction, sde=self.sde, t=t, sigma_data=self.sigma_data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +241,7 @@ def make_score_model(
     continuous: bool = True,
     scale_by_sigma: bool = False,
     label_fn: Callable[[Array], Array] | None = None,
+    sigma_data: float = 0.5,
 ) -> ScoreModel:
     """A score model ``score_model(params, x, t, **cond) -> score`` from ``apply_fn(params, x, labels, **cond)``.
 
@@ -176,10 +254,11 @@ def make_score_model(
       continuous: continuous-time labels and marginals, or the discrete chain's.
       scale_by_sigma: with ``prediction="score"``, divide the output by sigma (NCSN++'s option).
       label_fn: overrides the label map, ``label_fn(t) -> labels``.
+      sigma_data: the data's standard deviation in EDM's preconditioning (``prediction="edm"``).
 
     Returns a :class:`ScoreModel` (a value: equal when built alike).
     """
-    return ScoreModel(apply_fn, sde, prediction, bool(continuous), bool(scale_by_sigma), label_fn)
+    return ScoreModel(apply_fn, sde, prediction, bool(continuous), bool(scale_by_sigma), label_fn, float(sigma_data))
 
 
 def make_score_fn(apply_fn: Callable[..., Array], params: Any, sde: SDE, **kwargs) -> Partial:

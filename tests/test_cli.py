@@ -68,6 +68,16 @@ def test_cli_end_to_end_train_sample_likelihood(tmp_path, capsys):
     assert cli.main(["sample", "--workdir", workdir, "--num", "10", "--sampler", "ddim", "--steps", "3",
                      "--batch", "8", "--out", out2]) == 0
     np.testing.assert_allclose(np.load(out2)["images"], x, atol=1e-6)
+    # the fast path: UniPC-3 on a grid fitted to the data's Gaussian after a teleport; the fit is stored
+    out3 = str(tmp_path / "s" / "fast.npz")
+    assert cli.main(["sample", "--workdir", workdir, "--num", "4", "--sampler", "unipc", "--order", "3",
+                     "--steps", "4", "--grid", "fitted", "--teleport", "auto", "--out", out3]) == 0
+    assert "unipc, 5 score evaluations" in capsys.readouterr().out
+    assert np.all(np.isfinite(np.load(out3)["images"]))
+    fit = np.load(os.path.join(workdir, "gaussian_fit.npz"))
+    np.testing.assert_allclose(fit["mean"], data.levels_to_model(data.digits_split("train")[0], 17).reshape(-1, 64).mean(0),
+                               atol=1e-4)  # float32 levels against the float64 fit
+    assert cli.main(["sample", "--workdir", workdir, "--num", "4", "--teleport", "far"]) == 2
 
     capsys.readouterr()
     assert cli.main(["likelihood", "--workdir", workdir, "--num", "8", "--rtol", "1e-2"]) == 0
@@ -166,7 +176,7 @@ def _final_state(workdir, step):
 
 
 def test_killed_and_terminated_runs_resume_bit_identically(tmp_path):
-    n_iters = 600
+    n_iters = 400
     straight = str(tmp_path / "straight")
     p = _spawn(straight, n_iters)
     assert p.wait(timeout=600) == 0, p.stdout.read()

@@ -10,6 +10,7 @@ from helpers import mixture_2d, x64
 from jax.tree_util import Partial
 
 from diffjax import SubVPSDE, VESDE, VPSDE, guidance, likelihood
+from diffjax import sde as P
 from diffjax import samplers as S
 from diffjax.score import make_score_fn
 
@@ -71,11 +72,16 @@ PROCESS_VARIANTS = {
     "vesde": (VESDE, {}, [{"sigma_min": 0.02}, {"sigma_max": 80.0}, {"N": 500}]),
     "vpsde": (VPSDE, {}, [{"beta_min": 0.2}, {"beta_max": 15.0}, {"N": 500}]),
     "subvpsde": (SubVPSDE, {}, [{"beta_min": 0.2}, {"beta_max": 15.0}, {"N": 500}]),
+    "edm": (P.EDM, {}, [{"sigma_min": 0.01}, {"sigma_max": 40.0}]),
+    "cosine": (P.CosineVP, {}, [{"s": 0.01}, {"t_max": 0.99}, {"max_beta": 0.99}]),
+    "rectified_flow": (P.RectifiedFlow, {}, [{"t_max": 0.99}, {"sampling_eps": 1e-2}]),
+    "interpolant": (P.OneSidedInterpolant, {}, [{"alpha": "trig"}, {"gamma": "zero"}, {"gamma_scale": 0.5}]),
+    "pfgmpp": (P.PFGMPP, {}, [{"D": 2048.0}, {"prior_method": "beta_prime"}, {"sigma_max": 40.0}]),
 }
 
 # every step of samplers.STEPS: (base options, variants that change one hyper-parameter)
 STEP_VARIANTS = {
-    "euler_maruyama": ({}, []),
+    "euler_maruyama": ({}, [{"epsilon": 0.5}]),
     "reverse_diffusion": ({}, []),
     "ancestral_sampling": ({}, [{"variance": "posterior"}]),
     "langevin": ({}, [{"snr": 0.1}, {"n_steps": 2}, {"norms": "batch"}]),
@@ -86,8 +92,11 @@ STEP_VARIANTS = {
     "ddim": ({}, [{"eta": 0.5}]),
     "edm_heun": ({"num_steps": 4}, [{"num_steps": 8}, {"S_churn": 1.0}, {"S_noise": 0.9}, {"S_tmin": 0.1},
                                     {"S_tmax": 10.0}]),
-    "dpmpp_2m": ({}, []),
-    "dpmpp_2m_sde": ({}, []),
+    "dpmpp_2m": ({}, [{"lower_order_final": True}]),
+    "dpmpp_2m_sde": ({}, [{"lower_order_final": True}]),
+    "dpmpp_3m": ({}, [{"order": 2}, {"weighting": "reference"}, {"lower_order_final": False}]),
+    "dpmpp_3m_sde": ({}, [{"eta": 0.5}, {"order": 2}, {"weighting": "reference"}]),
+    "unipc": ({}, [{"order": 2}, {"variant": "bh1"}, {"corrector": False}, {"predictor": "dpmpp"}]),
 }
 
 
@@ -105,11 +114,15 @@ def test_processes_are_values(name):
         assert other != a, v
     # a process with another parameter is another program; an equal one is the same program
     key, x, gm = jax.random.PRNGKey(0), jnp.ones((3, 2)), mixture_2d()
+
+    def score(p):  # PFGM++ has no Gaussian marginals: the exact score of the mixture's means as atoms
+        return gm.score_fn(p) if p.gaussian else p.delta_mixture_score(gm.means, gm.weights)
+
     before = S.base._run.cache_size()
-    S.sample(S.ddim(a), gm.score_fn(a), key, x, S.uniform_timesteps(a, 3))
-    S.sample(S.ddim(b), gm.score_fn(b), key, x, S.uniform_timesteps(b, 3))
+    S.sample(S.ddim(a), score(a), key, x, S.uniform_timesteps(a, 3))
+    S.sample(S.ddim(b), score(b), key, x, S.uniform_timesteps(b, 3))
     other = cls(**{**base, **variants[0]})
-    S.sample(S.ddim(other), gm.score_fn(other), key, x, S.uniform_timesteps(other, 3))
+    S.sample(S.ddim(other), score(other), key, x, S.uniform_timesteps(other, 3))
     assert S.base._run.cache_size() == before + 2
 
 

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from diffjax.configs.default import get_default
 
-__all__ = ["get_default", "names", "load_config", "apply_overrides", "parse_value"]
+__all__ = ["get_default", "names", "load_config", "apply_overrides", "parse_value", "with_defaults"]
 
 _NOT_CONFIGS = ("default",)
 
@@ -113,3 +113,15 @@ def apply_overrides(config, overrides: Sequence[str]) -> None:
             node[leaf] = value
         except (TypeError, ValueError) as e:
             raise ValueError(f"config key {dotted!r}: cannot set {raw!r} ({e})") from None
+
+
+def with_defaults(saved: dict) -> dict:
+    """A saved config (a plain dict) with the keys that newer versions of the schema added filled in
+    from :func:`get_default`, so runs saved before a key existed load and resume unchanged."""
+    def merge(default: dict, value: dict) -> dict:
+        out = dict(default)
+        for k, v in value.items():
+            out[k] = merge(default[k], v) if isinstance(v, dict) and isinstance(default.get(k), dict) else v
+        return out
+
+    return merge(get_default().to_dict(), saved)

@@ -22,14 +22,26 @@ def get_default():
     t.reduce_mean = False
     t.likelihood_weighting = False
     t.importance_sampling = False
+    t.loss = "auto"             # dsm | edm | flow_matching | auto (edm for EDM and PFGM++,
+                                # flow_matching for rectified flow and interpolants, dsm otherwise)
+    t.p_mean = -1.2             # EDM loss: ln sigma ~ N(p_mean, p_std^2)
+    t.p_std = 1.2
+    t.time_sampling = "uniform"  # flow-matching loss: uniform | logit_normal
 
     c.sde = s = ml_collections.ConfigDict()
-    s.name = "vesde"            # vesde | vpsde | subvpsde
-    s.sigma_min = 0.01
+    s.name = "vesde"            # vesde | vpsde | subvpsde | edm | cosine | rectified_flow | interpolant | pfgmpp
+    s.sigma_min = 0.01          # VE, EDM, PFGM++ (EDM's are 0.002 and 80)
     s.sigma_max = 50.0
-    s.beta_min = 0.1
+    s.beta_min = 0.1            # VP, sub-VP
     s.beta_max = 20.0
     s.num_scales = 1000
+    s.cosine_s = 0.008          # cosine: offset s and end time T
+    s.t_max = 0.0               # cosine, rectified flow, interpolant: end time T (0: the process's default)
+    s.interpolant_alpha = "linear"    # interpolant: linear | trig
+    s.interpolant_gamma = "brownian"  # interpolant: zero | brownian | bsquared
+    s.gamma_scale = 1.0
+    s.pfgmpp_D = 128.0          # PFGM++: extra dimensions D (inf: EDM)
+    s.sigma_data = 0.5          # EDM preconditioning (prediction "edm") and loss weighting
 
     c.model = m = ml_collections.ConfigDict()
     m.name = "ncsnpp_cifar10_ve_continuous"   # a network or preset of diffjax.models.get_model
@@ -60,7 +72,9 @@ def get_default():
     sa.snr = 0.16
     sa.n_steps_each = 1         # corrector steps per time step ("pc")
     sa.n_steps = 1000           # time steps of fixed-step samplers
-    sa.grid = "uniform"         # samplers.TIME_GRIDS name
+    sa.grid = "uniform"         # samplers.TIME_GRIDS name, or "fitted" (to the data's Gaussian)
+    sa.order = 0                # unipc / dpmpp_3m order (0: the sampler's default)
+    sa.teleport = "off"         # off | auto | kappa: Gaussian teleport to sigma_hat = kappa sqrt(lam_max)
     sa.noise_removal = True     # finish with Tweedie's denoiser
     sa.ode_rtol = 1e-5          # method "ode": rtol = atol of the adaptive solver
     sa.num_samples = 64         # the PNG grid at the end of training (0: none)

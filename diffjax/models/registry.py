@@ -107,7 +107,7 @@ class TrainModeApply:
         return self.module.apply(params, x, labels, train=True, rngs={"dropout": dropout_key}, **cond)
 
 
-def network_score_model(module, sde: SDE, *, train: bool = False) -> ScoreModel:
+def network_score_model(module, sde: SDE, *, train: bool = False, sigma_data: float = 0.5) -> ScoreModel:
     """``score_model(params, x, t, **cond)`` of a network that declares ``prediction``,
     ``scale_by_sigma`` and ``continuous`` (every network here does): a :class:`~diffjax.score.ScoreModel`,
     equal for equal networks, so ``jax.tree_util.Partial(score_model, params)`` is a score function
@@ -118,4 +118,4 @@ def network_score_model(module, sde: SDE, *, train: bool = False) -> ScoreModel:
     """
     apply_fn = TrainModeApply(module) if train else ModuleApply(module)
     return make_score_model(apply_fn, sde, prediction=module.prediction, continuous=module.continuous,
-                            scale_by_sigma=bool(module.scale_by_sigma))
+                            scale_by_sigma=bool(module.scale_by_sigma), sigma_data=sigma_data)

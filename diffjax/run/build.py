@@ -1,30 +1,66 @@
 """Config to objects: the process, the network, the data, the loss, the optimiser and the sampler a
-config names. Nothing here trains or writes; :mod:`diffjax.run.train` and the others call these."""
+config names. Nothing here trains, and the only file written is a run's Gaussian fit
+(:func:`data_gaussian_fit`); :mod:`diffjax.run.train` and the others call these."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import hashlib
+import os
+from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from diffjax import data, guidance, losses, models, samplers, training
-from diffjax.sde import SDE, SubVPSDE, VESDE, VPSDE
+from diffjax.sde import (EDM, PFGMPP, PROCESSES, SDE, CosineVP, OneSidedInterpolant, RectifiedFlow, SubVPSDE, VESDE,
+                         VPSDE)
 
-__all__ = ["build_sde", "build_model", "build_loader", "build_loss", "build_optimizer", "build_sampler", "Sampler",
+__all__ = ["LOSSES", "loss_name", "build_sde", "build_model", "build_loader", "build_loss", "build_optimizer", "build_sampler", "Sampler", "GRIDS",
+           "data_gaussian_fit",
            "init_state", "model_batch", "is_toy", "data_range", "data_levels", "example_shape"]
 
 
 def build_sde(config) -> SDE:
-    """The process ``config.sde.name`` (vesde | vpsde | subvpsde) with the config's parameters."""
+    """The process ``config.sde.name`` (see :data:`diffjax.sde.PROCESSES`) with the config's parameters."""
     s = config.sde
-    if s.name == "vesde":
+    name = s.name
+    t_max = {"t_max": float(s.t_max)} if s.get("t_max", 0.0) else {}
+    if name == "vesde":
         return VESDE(sigma_min=s.sigma_min, sigma_max=s.sigma_max, N=s.num_scales)
-    if s.name == "vpsde":
+    if name == "vpsde":
         return VPSDE(beta_min=s.beta_min, beta_max=s.beta_max, N=s.num_scales)
-    if s.name == "subvpsde":
+    if name == "subvpsde":
         return SubVPSDE(beta_min=s.beta_min, beta_max=s.beta_max, N=s.num_scales)
-    raise ValueError(f"unknown sde.name {s.name!r}; expected vesde, vpsde or subvpsde")
+    if name == "edm":
+        return EDM(sigma_min=float(s.sigma_min), sigma_max=float(s.sigma_max), N=s.num_scales)
+    if name == "pfgmpp":
+        return PFGMPP(sigma_min=float(s.sigma_min), sigma_max=float(s.sigma_max), N=s.num_scales, D=float(s.pfgmpp_D))
+    if name == "cosine":
+        return CosineVP(s=float(s.cosine_s), N=s.num_scales, **t_max)
+    if name == "rectified_flow":
+        return RectifiedFlow(N=s.num_scales, **t_max)
+    if name == "interpolant":
+        return OneSidedInterpolant(alpha=s.interpolant_alpha, gamma=s.interpolant_gamma,
+                                   gamma_scale=float(s.gamma_scale), N=s.num_scales, **t_max)
+    raise ValueError(f"unknown sde.name {name!r}; expected one of {sorted(PROCESSES)}")
+
+
+LOSSES = ("dsm", "edm", "flow_matching")
+
+
+def loss_name(config, sde: SDE) -> str:
+    """``training.loss``, with "auto" resolved by process: EDM's loss for EDM and PFGM++, flow matching
+    for rectified flow and the interpolants, denoising score matching otherwise."""
+    name = config.training.get("loss", "auto")
+    if name == "auto":
+        if isinstance(sde, EDM):
+            return "edm"
+        return "flow_matching" if isinstance(sde, (RectifiedFlow, OneSidedInterpolant)) else "dsm"
+    if name not in LOSSES:
+        raise ValueError(f"unknown training.loss {name!r}; expected one of {LOSSES} or 'auto'")
+    return name
 
 
 def is_toy(config) -> bool:
@@ -60,11 +96,15 @@ def build_model(config):
     return models.get_model(name, **options)
 
 
-def build_loader(config, split: str, batch_size: int, *, seed: Optional[int] = None, train: bool = True):
-    """This process's loader of ``split`` with ``batch_size`` examples per batch (per process)."""
+def build_loader(config, split: str, batch_size: int, *, seed: Optional[int] = None, train: bool = True,
+                 sharded: bool = True):
+    """This process's loader of ``split`` with ``batch_size`` examples per batch (per process): its
+    slice of every global batch, or (``sharded=False``) the whole batch, as evaluation reads the same
+    examples on every process."""
     d = config.data
     seed = config.seed if seed is None else seed
-    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+    shard = (dict(shard_index=jax.process_index(), shard_count=jax.process_count()) if sharded
+             else dict(shard_index=0, shard_count=1))
     if d.dataset == "digits":
         return data.digits_loader(split, batch_size, image_size=d.image_size, seed=seed, data_range=data_range(config),
                                   uniform_dequantization=bool(d.uniform_dequantization and train), **shard)
@@ -78,10 +118,19 @@ def build_loader(config, split: str, batch_size: int, *, seed: Optional[int] = N
 
 
 def build_loss(config, sde, model):
-    """The DSM loss the config asks for (continuous or discrete), with dropout keys for the network."""
+    """The loss the config asks for (:func:`loss_name`: DSM continuous or discrete, EDM's, flow
+    matching), with dropout keys for the network."""
     t = config.training
-    score_model = models.network_score_model(model, sde, train=True)
-    if t.continuous:
+    score_model = models.network_score_model(model, sde, train=True, sigma_data=float(config.sde.get("sigma_data", 0.5)))
+    name = loss_name(config, sde)
+    if name == "edm":
+        loss = losses.get_edm_loss_fn(sde, score_model, p_mean=float(t.p_mean), p_std=float(t.p_std),
+                                      sigma_data=float(config.sde.sigma_data), reduce_mean=t.reduce_mean,
+                                      rng_kwarg="dropout_key")
+    elif name == "flow_matching":
+        loss = losses.get_flow_matching_loss_fn(sde, score_model, time_sampling=t.time_sampling,
+                                                reduce_mean=t.reduce_mean, rng_kwarg="dropout_key")
+    elif t.continuous:
         loss = losses.get_dsm_loss_fn(sde, score_model, reduce_mean=t.reduce_mean,
                                       likelihood_weighting=t.likelihood_weighting,
                                       importance_sampling=t.importance_sampling, rng_kwarg="dropout_key")
@@ -118,6 +167,8 @@ def model_batch(batch: dict, conditional: bool) -> dict:
 class Sampler:
     """How a run draws samples, as a value (compiled once per equal sampler): ``step`` on ``n_steps``
     updates of the time grid ``grid``, or the adaptive probability-flow ODE when ``step`` is None.
+    ``timesteps`` (a tuple) fixes the grid when it was computed ahead (fitted grids, teleportation);
+    ``fit`` and ``t_skip``: teleport x_init from T to t_skip by the data's Gaussian flow first.
     ``sampler(score_fn, keys, x_init) -> (x, nfe)``."""
 
     sde: SDE
@@ -126,33 +177,105 @@ class Sampler:
     n_steps: int = 1000
     denoise: bool = True
     ode_rtol: float = 1e-5
+    timesteps: Optional[tuple] = None
+    fit: Any = dataclasses.field(default=None, compare=False)
+    t_skip: Optional[float] = None
+    fit_digest: str = ""  # stands for ``fit`` in comparisons (its arrays are not hashable)
 
     def __call__(self, score_fn, keys, x_init):
         if self.step is None:
             return samplers.ode_sample(self.sde, score_fn, keys, x_init, rtol=self.ode_rtol, atol=self.ode_rtol)
-        ts = samplers.TIME_GRIDS[self.grid](self.sde, self.n_steps)
+        if self.timesteps is not None:
+            ts = jnp.asarray(self.timesteps, jnp.float32)
+        else:
+            ts = samplers.TIME_GRIDS[self.grid](self.sde, self.n_steps)
+        if self.t_skip is not None:
+            x_init = samplers.gaussian_teleport(self.sde, x_init, self.sde.T, self.t_skip, self.fit)
         return samplers.sample(self.step, score_fn, keys, x_init, ts, denoise=self.denoise)
 
 
-def build_sampler(config, sde) -> Sampler:
+GRIDS = (*samplers.TIME_GRIDS, "fitted")
+
+
+def data_gaussian_fit(config, workdir: str = "", rank: int = 256) -> samplers.GaussianFit:
+    """The training data's moment-matched Gaussian in the model's data scale (mean and top-``rank``
+    eigenpairs, float64, see :func:`diffjax.samplers.fit_gaussian`), for teleportation and fitted
+    grids; computed once and stored with the run as ``WORKDIR/gaussian_fit.npz``."""
+    path = os.path.join(workdir, "gaussian_fit.npz") if workdir else ""
+    if path and os.path.exists(path):
+        return samplers.GaussianFit.load(path)
+    d = config.data
+    if d.dataset == "digits":
+        levels, _ = data.digits_split("train", d.image_size)
+        x = data.levels_to_model(levels, data.DIGITS_LEVELS, data_range(config))
+    else:
+        x = np.asarray(next(build_loader(config, "train", 10_000 if is_toy(config) else 5_000, train=False,
+                                         sharded=False))["x"])
+    fit = samplers.fit_gaussian(x, rank=min(rank, int(np.prod(x.shape[1:]))))
+    if path and jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        fit.save(path)
+    return fit
+
+
+def _teleport_kappa(value) -> Optional[float]:
+    """sampling.teleport: "off" (or "", 0), "auto" (the rule of the number of evaluations) or kappa > 0."""
+    if value in (None, "", "off", 0, 0.0, False):
+        return None
+    if value == "auto":
+        return -1.0
+    try:
+        kappa = float(value)
+    except (TypeError, ValueError):
+        kappa = float("nan")
+    if not kappa > 0:
+        raise ValueError(f"sampling.teleport must be 'off', 'auto' or a positive kappa (sigma_skip / "
+                         f"sqrt(largest data variance)); got {value!r}")
+    return kappa
+
+
+def build_sampler(config, sde, workdir: str = "") -> Sampler:
     """The :class:`Sampler` of ``config.sampling``.
 
     ``method``: a :func:`diffjax.samplers.get_step` name on the ``grid`` with ``n_steps`` updates;
     "pc" with ``predictor``, ``corrector`` ("none": the predictor alone), ``snr`` and
     ``n_steps_each`` corrector steps; or "ode", the adaptive probability-flow ODE (``ode_rtol``).
+    ``order`` (> 0) sets the order of unipc / dpmpp_3m. ``grid="fitted"`` fits the grid to the
+    data's Gaussian (:func:`diffjax.samplers.fitted_timesteps`); ``teleport`` ("auto" or kappa)
+    teleports to t_skip (:func:`diffjax.samplers.teleport_t_skip`) and lays the grid below it. Both
+    use the run's Gaussian fit (:func:`data_gaussian_fit`, stored in ``workdir``).
     """
     s = config.sampling
     if s.method == "ode":
         return Sampler(sde, None, ode_rtol=float(s.ode_rtol))
-    if s.grid not in samplers.TIME_GRIDS:
-        raise ValueError(f"unknown sampling.grid {s.grid!r}; expected one of {sorted(samplers.TIME_GRIDS)}")
+    if s.grid not in GRIDS:
+        raise ValueError(f"unknown sampling.grid {s.grid!r}; expected one of {sorted(GRIDS)}")
+    kappa = _teleport_kappa(s.get("teleport", "off"))
+    order = int(s.get("order", 0))
     if s.method == "pc" and s.corrector == "none":
         step = samplers.get_step(s.predictor, sde)
     elif s.method == "pc":
         step = samplers.get_step("pc", sde, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
                                  n_steps=s.n_steps_each)
+    elif order:
+        step = samplers.get_step(s.method, sde, order=order)
     else:
         step = samplers.get_step(s.method, sde)
     if not isinstance(s.n_steps, int) or s.n_steps < 1:
         raise ValueError(f"sampling.n_steps must be an integer >= 1; got {s.n_steps!r}")
-    return Sampler(sde, step, s.grid, int(s.n_steps), bool(s.noise_removal))
+    if kappa is None and s.grid != "fitted":
+        return Sampler(sde, step, s.grid, int(s.n_steps), bool(s.noise_removal))
+    fit = data_gaussian_fit(config, workdir)
+    nfe = int(s.n_steps) * step.nfe + int(bool(s.noise_removal))
+    t_skip = None if kappa is None else samplers.teleport_t_skip(sde, fit, None if kappa < 0 else kappa, nfe=nfe)
+    if t_skip is not None and t_skip >= sde.T:
+        t_skip = None  # the rule says: no teleport at this many evaluations
+    t_max = sde.T if t_skip is None else t_skip
+    if s.grid == "fitted":
+        ts = samplers.fitted_timesteps(step, int(s.n_steps), fit, t_max=t_max, dtype=jnp.float32)
+    else:
+        ts = samplers.TIME_GRIDS[s.grid](sde, int(s.n_steps), t_max=t_max)
+    digest = hashlib.sha1(b"".join(np.ascontiguousarray(np.asarray(v, np.float64)).tobytes()
+                                   for v in (fit.mean, fit.eigvals, fit.eigvecs, fit.residual_var))).hexdigest()
+    return Sampler(sde, step, s.grid, int(s.n_steps), bool(s.noise_removal),
+                   timesteps=tuple(float(v) for v in np.asarray(ts)), fit=fit, t_skip=t_skip, fit_digest=digest)

@@ -32,7 +32,7 @@ def run_score_fn(run: Run, labels=None, guidance_weight: float = 0.0, unconditio
     sampler compiles once for any parameters of the run): unconditional, conditional on ``labels``
     with classifier-free guidance ``guidance_weight``, or (``unconditional``) the "no class" label of
     a class-conditional network."""
-    score_model = models.network_score_model(run.model, run.sde)
+    score_model = models.network_score_model(run.model, run.sde, sigma_data=float(run.config.sde.get("sigma_data", 0.5)))
     num_classes = int(getattr(run.model, "num_classes", 0))
     if not num_classes:
         if guidance_weight:
@@ -69,7 +69,7 @@ def generate(run: Run, key, num: int, batch_size: Optional[int] = None, class_la
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"the number of samples must be a positive int; got {num!r}")
     batch, total = plan_batches(num, batch_size or config.sampling.batch_size, run.mesh)
-    sampler = build_sampler(config, run.sde)
+    sampler = build_sampler(config, run.sde, run.workdir)
     num_classes = int(getattr(run.model, "num_classes", 0))
     w = float(config.sampling.get("guidance_weight", 0.0))
     if num_classes:

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 
 from diffjax import checkpoint, parallel
-from diffjax.configs import apply_overrides
+from diffjax.configs import apply_overrides, with_defaults
 from diffjax.run.build import build_model, build_optimizer, build_sde, example_shape, init_state
 
 __all__ = ["Run", "restore_state", "load_run"]
@@ -48,7 +48,7 @@ def restore_state(workdir: str, step: Optional[int] = None, config_overrides=Non
         step = max(saved) if step is None else step
         if step not in saved:
             raise checkpoint.CheckpointError(f"no checkpoint of step {step} in {directory}; saved steps: {sorted(saved)}")
-        config = ml_collections.ConfigDict(ckpt.restore_config(step))
+        config = ml_collections.ConfigDict(with_defaults(ckpt.restore_config(step)))
         apply_overrides(config, config_overrides or ())
         init = functools.partial(init_state, build_model(config), build_optimizer(config), example_shape(config))
         abstract = jax.eval_shape(init, jax.random.PRNGKey(0))

@@ -31,6 +31,7 @@ from diffjax.run.build import (
 )
 from diffjax.run.evaluate import evaluate_likelihood, format_likelihood
 from diffjax.run.generate import generate, write_samples
+from diffjax.configs import with_defaults
 from diffjax.run.load import Run
 from diffjax.run.logging import MetricLogger, plot_training_curves, progress_bar
 
@@ -136,6 +137,9 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
     parallel.check_global_batch(t.batch_size, mesh)
     loader = build_loader(config, "train", t.batch_size // jax.process_count())  # a bad dataset fails before compiling
     sde, model = build_sde(config), build_model(config)
+    if finish and config.eval.bpd_num_examples > 0 and not sde.gaussian:
+        raise ValueError(f"eval.bpd_num_examples must be 0 for {type(sde).__name__}: its likelihood is not "
+                         "the Gaussian probability flow's (set --config.eval.bpd_num_examples=0)")
     conditional = bool(getattr(model, "num_classes", 0))
     optimizer = build_optimizer(config)
     step_fn = training.make_train_step(build_loss(config, sde, model), optimizer, ema_rate=config.model.ema_rate,
@@ -149,7 +153,7 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
     current = _json_config(config)
     start = ckpt.latest_step()
     if start is not None:
-        diffs = config_differences(ckpt.restore_config(start), current)
+        diffs = config_differences(with_defaults(ckpt.restore_config(start)), current)
         if diffs:
             raise ConfigMismatchError(f"{workdir} holds a run with another config ({'; '.join(diffs)}); "
                                       "use a new --workdir, or the saved config to resume")

@@ -19,9 +19,28 @@ from diffjax.samplers.base import (
     prior_sample,
     sample,
     sequenced,
+    with_num_steps,
     static_field,
     step_class,
     tweedie_denoise,
+)
+from diffjax.samplers.multistep import (
+    DPMSolverPP3M,
+    DPMSolverPP3MSDE,
+    UniPC,
+    dpmpp_3m,
+    dpmpp_3m_sde,
+    unipc,
+)
+from diffjax.samplers.teleport import (
+    GaussianFit,
+    fit_gaussian,
+    fitted_timesteps,
+    gaussian_score,
+    gaussian_solver_error,
+    gaussian_teleport,
+    teleport_sample,
+    teleport_t_skip,
 )
 from diffjax.samplers.fast import DDIM, DPMSolverPP2M, DPMSolverPP2MSDE, EDMHeun, ddim, dpmpp_2m, dpmpp_2m_sde, edm_heun
 from diffjax.samplers.grids import (
@@ -58,6 +77,9 @@ STEPS = {
     "edm_heun": edm_heun,
     "dpmpp_2m": dpmpp_2m,
     "dpmpp_2m_sde": dpmpp_2m_sde,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_3m_sde": dpmpp_3m_sde,
+    "unipc": unipc,
 }
 
 
@@ -90,5 +112,8 @@ __all__ = [
     "euler_maruyama", "reverse_diffusion", "ancestral_sampling", "langevin", "annealed_langevin",
     "ode_euler", "ode_heun", "ode_rk4", "ode_sample", "probability_flow_drift",
     "ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde",
+    "GaussianFit", "fit_gaussian", "fitted_timesteps", "gaussian_score", "gaussian_solver_error", "gaussian_teleport",
+    "teleport_sample", "teleport_t_skip",
+    "DPMSolverPP3M", "DPMSolverPP3MSDE", "UniPC", "dpmpp_3m", "dpmpp_3m_sde", "unipc", "with_num_steps",
     "uniform_timesteps", "karras_timesteps", "log_snr_timesteps", "quadratic_timesteps", "TIME_GRIDS",
 ]

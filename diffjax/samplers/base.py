@@ -34,7 +34,8 @@ Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
 __all__ = ["Step", "Chain", "FunctionStep", "chain", "custom_step", "step_class", "static_field", "sample",
-           "example_keys", "prior_sample", "fold_keys", "normal_like", "tweedie_denoise", "sequenced", "time_dtype"]
+           "example_keys", "prior_sample", "fold_keys", "normal_like", "tweedie_denoise", "sequenced", "time_dtype",
+           "with_num_steps"]
 
 
 def static_field(default=dataclasses.MISSING, **kwargs):
@@ -66,9 +67,23 @@ class Step:
     nfe = 1
     moves_time = True
     name = "step"
+    # injects noise (needs a Gaussian perturbation kernel); deterministic steps set False
+    stochastic = True
+
+    def __post_init__(self):
+        sde = getattr(self, "sde", None)
+        if self.stochastic and isinstance(sde, SDE):
+            sde.require_gaussian(f"the stochastic step {self.name}")
 
     def init(self, x: Array) -> Any:
         return ()
+
+    def with_num_steps(self, n: int) -> "Step":
+        """This step told that its grid has ``n`` updates: multistep steps with ``lower_order_final``
+        and no ``num_steps`` of their own take it (the driver calls this); others are unchanged."""
+        if getattr(self, "lower_order_final", False) and getattr(self, "num_steps", 0) is None:
+            return dataclasses.replace(self, num_steps=int(n))
+        return self
 
     def update(self, keys, x, state, t, t_next, score_fn):
         raise NotImplementedError
@@ -85,6 +100,7 @@ class FunctionStep(Step):
     nfe: int = static_field(1)
     moves_time: bool = static_field(True)
     name: str = static_field("step")
+    stochastic = False  # the user's own step: not second-guessed
 
     def init(self, x):
         return self.init_fn(x)
@@ -117,6 +133,7 @@ class Chain(Step):
     """Steps run in order inside one update, with the keys folded per sub-step (see :func:`chain`)."""
 
     steps: tuple
+    stochastic = False  # each chained step checked itself
 
     def __post_init__(self):
         if not self.steps:
@@ -160,6 +177,14 @@ class Chain(Step):
             if s.moves_time:
                 now = t_next
         return x, x_mean, tuple(new_state)
+
+
+def with_num_steps(step: Step, n: int) -> Step:
+    """``step`` told the length ``n`` of the grid it runs on, where it asks (multistep solvers lower
+    their order on the last updates, ``lower_order_final``); the driver calls this."""
+    if isinstance(step, Chain):
+        return Chain(tuple(with_num_steps(s, n) for s in step.steps))
+    return step.with_num_steps(n)
 
 
 def chain(*steps: Step) -> Chain:
@@ -213,13 +238,14 @@ def _per_example_keys(key: Array, batch_size: int) -> Array:
 
 
 def prior_sample(sde: SDE, key: Array, shape, dtype=jnp.float32) -> Array:
-    """x_T ~ N(0, prior_std^2 I) of ``shape`` (batch, ...), example i drawn from fold_in(key, i)
+    """x_T from the process's prior (N(0, prior_std^2 I), or PFGM++'s heavy-tailed one) of ``shape``
+    (batch, ...), example i drawn from fold_in(key, i)
     (or from ``key[i]`` when given one key per example), so it does not depend on the batch."""
     shape = tuple(shape)
     if len(shape) < 2:
         raise ValueError(f"shape must be (batch, *data_dims); got {shape}")
     keys = _per_example_keys(key, shape[0])
-    return sde.prior_std * jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(keys)
+    return jax.vmap(lambda k: sde.prior_example(k, shape[1:], dtype))(keys)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,6 +357,7 @@ def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: 
     check_x_init(x_init)
     ts = check_timesteps(timesteps, step.sde, time_dtype(x_init))
     keys = _per_example_keys(key, jnp.shape(x_init)[0])
+    step = with_num_steps(step, ts.shape[0] - 1)
     x = _run(step, score_fn, bool(denoise), keys, x_init, ts)
     nfe = (ts.shape[0] - 1) * step.nfe + int(bool(denoise))
     return x, jnp.asarray(nfe, jnp.int32)

@@ -45,6 +45,11 @@ class DDIM(Step):
     def __post_init__(self):
         if not self.eta >= 0:
             raise ValueError(f"ddim needs eta >= 0; got {self.eta}")
+        super().__post_init__()
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
 
     @property
     def name(self) -> str:
@@ -87,6 +92,11 @@ class EDMHeun(Step):
             raise ValueError(f"edm_heun needs S_churn >= 0 and S_noise >= 0; got {self.S_churn}, {self.S_noise}")
         if self.S_churn > 0 and not self.num_steps:
             raise ValueError("edm_heun with S_churn > 0 needs num_steps, the number of steps of the grid")
+        super().__post_init__()
+
+    @property
+    def stochastic(self) -> bool:
+        return self.S_churn > 0
 
     @property
     def name(self) -> str:
@@ -121,16 +131,20 @@ class EDMHeun(Step):
 
 
 def _multistep_init(x: Array):
-    """State of the multistep solvers: previous denoised, previous step in lambda, and whether set."""
-    return (jnp.zeros_like(x), jnp.zeros(x.shape[:1], x.dtype), jnp.zeros((), bool))
+    """State of the multistep solvers: previous denoised, previous step in lambda, updates done."""
+    return (jnp.zeros_like(x), jnp.zeros(x.shape[:1], x.dtype), jnp.zeros((), jnp.int32))
 
 
-def _second_order_correction(d, state, h):
-    """(1/(2r)) (D - D_prev) with r = h_prev / h, or 0 on the first step (then first order)."""
-    d_prev, h_prev, has_prev = state
+def _second_order_correction(step, d, state, h):
+    """(1/(2r)) (D - D_prev) with r = h_prev / h, or 0 on the first step (then first order), and on the
+    last one with ``lower_order_final``."""
+    d_prev, h_prev, count = state
+    use = count > 0
+    if step.lower_order_final and step.num_steps:
+        use = use & (count < step.num_steps - 1)
     r = h_prev / h
-    corr = (d - d_prev) / expand_to(2.0 * jnp.where(has_prev, r, 1.0), d)
-    return jnp.where(has_prev, corr, jnp.zeros_like(corr))
+    corr = (d - d_prev) / expand_to(2.0 * jnp.where(use, r, 1.0), d)
+    return jnp.where(use, corr, jnp.zeros_like(corr))
 
 
 @step_class
@@ -139,10 +153,14 @@ class DPMSolverPP2M(Step):
 
         x_next = (sigma_next / sigma_t) x - a_next expm1(-h) [D + (1/(2r)) (D - D_prev)],
 
-    r = h_prev / h; the first step is first order (DDIM)."""
+    r = h_prev / h; the first step is first order (DDIM), and with ``lower_order_final`` the last one
+    too (the driver tells the step its grid length)."""
 
     sde: SDE
+    lower_order_final: bool = static_field(False)
+    num_steps: Optional[int] = static_field(None)
     name = "dpmpp_2m"
+    stochastic = False
 
     def init(self, x):
         return _multistep_init(x)
@@ -153,9 +171,9 @@ class DPMSolverPP2M(Step):
         a_n, s_n = sde.marginal_coeffs(t_next)
         h = sde.log_snr(t_next) - sde.log_snr(t)
         d = tweedie_denoise(sde, score_fn, x, t)
-        d_eff = d + _second_order_correction(d, state, h)
+        d_eff = d + _second_order_correction(self, d, state, h)
         x = expand_to(s_n / s_t, x) * x - expand_to(a_n * jnp.expm1(-h), x) * d_eff
-        return x, x, (d, h, jnp.ones((), bool))
+        return x, x, (d, h, state[2] + 1)
 
 
 @step_class
@@ -165,9 +183,12 @@ class DPMSolverPP2MSDE(Step):
         x_next = (sigma_next / sigma_t) e^{-h} x + a_next (1 - e^{-2h}) [D + (1/(2r)) (D - D_prev)]
                  + sigma_next sqrt(1 - e^{-2h}) z,
 
-    the first-order SDE-DPM-Solver++ update plus the multistep correction."""
+    the first-order SDE-DPM-Solver++ update plus the multistep correction (``lower_order_final`` as
+    :class:`DPMSolverPP2M`)."""
 
     sde: SDE
+    lower_order_final: bool = static_field(False)
+    num_steps: Optional[int] = static_field(None)
     name = "dpmpp_2m_sde"
 
     def init(self, x):
@@ -180,10 +201,10 @@ class DPMSolverPP2MSDE(Step):
         h = sde.log_snr(t_next) - sde.log_snr(t)
         d = tweedie_denoise(sde, score_fn, x, t)
         one_minus = -jnp.expm1(-2.0 * h)
-        d_eff = d + _second_order_correction(d, state, h)
+        d_eff = d + _second_order_correction(self, d, state, h)
         x_mean = expand_to(s_n / s_t * jnp.exp(-h), x) * x + expand_to(a_n * one_minus, x) * d_eff
         x = x_mean + expand_to(s_n * jnp.sqrt(one_minus), x) * normal_like(keys, x)
-        return x, x_mean, (d, h, jnp.ones((), bool))
+        return x, x_mean, (d, h, state[2] + 1)
 
 
 ddim = DDIM

@@ -17,13 +17,16 @@ Array = jax.Array
 __all__ = ["uniform_timesteps", "karras_timesteps", "log_snr_timesteps", "quadratic_timesteps", "TIME_GRIDS"]
 
 
-def _check(sde: SDE, n: int, eps: float | None) -> float:
+def _check(sde: SDE, n: int, eps: float | None, t_max: float | None = None) -> tuple[float, float]:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"the number of steps must be an integer >= 1; got {n!r}")
     eps = sde.sampling_eps if eps is None else float(eps)
+    t_max = sde.T if t_max is None else float(t_max)
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
-    return eps
+    if not eps < t_max <= sde.T * (1 + 1e-6):
+        raise ValueError(f"t_max must lie in (eps, T] = ({eps}, {sde.T}]; got {t_max}")
+    return eps, t_max
 
 
 def _dtype(dtype):
@@ -33,41 +36,43 @@ def _dtype(dtype):
     return dtype
 
 
-def _pin_ends(t: Array, sde: SDE, eps: float) -> Array:
-    return t.at[0].set(sde.T).at[-1].set(eps)
+def _pin_ends(t: Array, t_max: float, eps: float) -> Array:
+    return t.at[0].set(t_max).at[-1].set(eps)
 
 
-def uniform_timesteps(sde: SDE, n: int, eps: float | None = None, dtype=jnp.float32) -> Array:
-    """t_i = T - i (T - eps) / n (the original's grid). eps defaults to ``sde.sampling_eps``."""
-    eps, dtype = _check(sde, n, eps), _dtype(dtype)
-    return jnp.linspace(sde.T, eps, n + 1, dtype=dtype)
+def uniform_timesteps(sde: SDE, n: int, eps: float | None = None, dtype=jnp.float32, t_max: float | None = None) -> Array:
+    """t_i = T - i (T - eps) / n (the original's grid). eps defaults to ``sde.sampling_eps``; every grid
+    starts at ``t_max`` (default T) when given, e.g. after a teleport."""
+    (eps, t_max), dtype = _check(sde, n, eps, t_max), _dtype(dtype)
+    return jnp.linspace(t_max, eps, n + 1, dtype=dtype)
 
 
-def quadratic_timesteps(sde: SDE, n: int, eps: float | None = None, dtype=jnp.float32) -> Array:
+def quadratic_timesteps(sde: SDE, n: int, eps: float | None = None, dtype=jnp.float32, t_max: float | None = None) -> Array:
     """t_i = eps + (T - eps) (1 - i/n)^2: steps shrink quadratically towards the data (DDIM's 'quad')."""
-    eps, dtype = _check(sde, n, eps), _dtype(dtype)
+    (eps, t_max), dtype = _check(sde, n, eps, t_max), _dtype(dtype)
     u = 1.0 - jnp.arange(n + 1, dtype=dtype) / n
-    return _pin_ends(eps + (sde.T - eps) * u**2, sde, eps)
+    return _pin_ends(eps + (t_max - eps) * u**2, t_max, eps)
 
 
-def log_snr_timesteps(sde: SDE, n: int, eps: float | None = None, dtype=jnp.float32) -> Array:
+def log_snr_timesteps(sde: SDE, n: int, eps: float | None = None, dtype=jnp.float32, t_max: float | None = None) -> Array:
     """Uniform in lambda = log(a / sigma) from lambda(T) to lambda(eps) (DPM-Solver's 'logSNR')."""
-    eps, dtype = _check(sde, n, eps), _dtype(dtype)
-    lam = jnp.linspace(sde.log_snr(jnp.asarray(sde.T, dtype)), sde.log_snr(jnp.asarray(eps, dtype)), n + 1)
-    return _pin_ends(sde.t_from_log_snr(lam), sde, eps)
+    (eps, t_max), dtype = _check(sde, n, eps, t_max), _dtype(dtype)
+    lam = jnp.linspace(sde.log_snr(jnp.asarray(t_max, dtype)), sde.log_snr(jnp.asarray(eps, dtype)), n + 1)
+    return _pin_ends(sde.t_from_log_snr(lam), t_max, eps)
 
 
-def karras_timesteps(sde: SDE, n: int, eps: float | None = None, rho: float = 7.0, dtype=jnp.float32) -> Array:
+def karras_timesteps(sde: SDE, n: int, eps: float | None = None, rho: float = 7.0, dtype=jnp.float32,
+                     t_max: float | None = None) -> Array:
     """EDM's grid: sigma_i = (smax^(1/rho) + i/n (smin^(1/rho) - smax^(1/rho)))^rho in the noise level
     sigma = exp(-lambda) of x / a, between sigma(T) and sigma(eps), mapped back to t."""
-    eps, dtype = _check(sde, n, eps), _dtype(dtype)
+    (eps, t_max), dtype = _check(sde, n, eps, t_max), _dtype(dtype)
     if not rho > 0:
         raise ValueError(f"rho must be > 0; got {rho}")
-    s_max = jnp.exp(-sde.log_snr(jnp.asarray(sde.T, dtype)))
+    s_max = jnp.exp(-sde.log_snr(jnp.asarray(t_max, dtype)))
     s_min = jnp.exp(-sde.log_snr(jnp.asarray(eps, dtype)))
     u = jnp.arange(n + 1, dtype=dtype) / n
     sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-    return _pin_ends(sde.t_from_log_snr(-jnp.log(sig)), sde, eps)
+    return _pin_ends(sde.t_from_log_snr(-jnp.log(sig)), t_max, eps)
 
 
 TIME_GRIDS = {

@@ -27,6 +27,7 @@ class ODEEuler(Step):
 
     sde: SDE
     name = "ode_euler"
+    stochastic = False
 
     def update(self, keys, x, state, t, t_next, score_fn):
         x = x + probability_flow_drift(self.sde, score_fn, x, t) * expand_to(t_next - t, x)
@@ -40,6 +41,7 @@ class ODEHeun(Step):
     sde: SDE
     nfe = 2
     name = "ode_heun"
+    stochastic = False
 
     def update(self, keys, x, state, t, t_next, score_fn):
         dt = expand_to(t_next - t, x)
@@ -56,6 +58,7 @@ class ODERK4(Step):
     sde: SDE
     nfe = 4
     name = "ode_rk4"
+    stochastic = False
 
     def update(self, keys, x, state, t, t_next, score_fn):
         sde = self.sde

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.samplers.base import Step, fold_keys, normal_like, static_field, step_class
-from diffjax.sde import SDE, VESDE, expand_to
+from diffjax.sde import SDE, VESDE, check_epsilon, expand_to
 
 Array = jax.Array
 
@@ -48,13 +48,29 @@ class EulerMaruyama(Step):
     """Euler–Maruyama on the reverse SDE with the grid's dt = t_next - t (the original used -1/N):
 
         x_mean = x + [f x - g^2 s] dt,   x = x_mean + g sqrt(-dt) z.
+
+    ``epsilon`` sets the reverse SDE's noise level (see :class:`diffjax.sde.ReverseSDE`): None is
+    Anderson's (eps = g^2 / 2, the update above), a number or a function eps(t) gives
+    x_mean = x + [f x - (g^2/2 + eps) s] dt, x = x_mean + sqrt(2 eps (-dt)) z, which keeps the
+    marginals for every eps >= 0 (eps = 0: Euler on the probability flow). The stochastic
+    interpolants' choice for rectified flow, where g^2 / 2 = t / (1 - t) diverges at the noise end,
+    is a bounded eps (a constant, or eps(t) = c t, which also vanishes at the data end where the
+    score is large).
     """
 
     sde: SDE
-    name = "euler_maruyama"
+    epsilon: object = static_field(None)
+
+    def __post_init__(self):
+        object.__setattr__(self, "epsilon", check_epsilon(self.epsilon))
+        super().__post_init__()
+
+    @property
+    def name(self) -> str:
+        return "euler_maruyama" + ("" if self.epsilon is None else f"(epsilon={getattr(self.epsilon, '__name__', self.epsilon)})")
 
     def update(self, keys, x, state, t, t_next, score_fn):
-        drift, g = self.sde.reverse(score_fn).sde(x, t)
+        drift, g = self.sde.reverse(score_fn, epsilon=self.epsilon).sde(x, t)
         dt = expand_to(t_next - t, x)
         x_mean = x + drift * dt
         return x_mean + expand_to(g, x) * jnp.sqrt(-dt) * normal_like(keys, x), x_mean, state
@@ -94,6 +110,7 @@ class AncestralSampling(Step):
     name = "ancestral_sampling"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.variance is None:
             object.__setattr__(self, "variance", "posterior" if isinstance(self.sde, VESDE) else "step")
         if self.variance not in ("posterior", "step"):
@@ -143,6 +160,7 @@ class AnnealedLangevin(Step):
     name = "annealed_langevin"
 
     def __post_init__(self):
+        super().__post_init__()
         _check_corrector("annealed_langevin", self.snr, self.n_steps)
 
     @property
@@ -188,6 +206,7 @@ class Langevin(Step):
     moves_time = False
 
     def __post_init__(self):
+        super().__post_init__()
         _check_corrector("langevin", self.snr, self.n_steps)
         if self.norms not in LANGEVIN_NORMS:
             raise ValueError(f"unknown langevin norms {self.norms!r}; expected one of {LANGEVIN_NORMS}")
