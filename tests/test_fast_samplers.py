@@ -280,3 +280,24 @@ def test_bad_options_say_what_was_expected():
         S.gaussian_teleport(sde, jnp.zeros((2, 3)), 1.0, 0.5, gaussian_setup())
     with pytest.raises(ValueError, match="t_max must lie in"):
         S.karras_timesteps(sde, 5, t_max=2.0)
+
+
+def test_run_layer_builds_a_teleporting_sampler_on_a_fitted_grid(tmp_path):
+    """sampling.grid = "fitted" and sampling.teleport = "auto": the grid starts at the rule's t_skip, is
+    strictly decreasing, and the data's Gaussian is stored with the run (and read back, not refitted)."""
+    from diffjax import configs
+    from diffjax.run import build
+
+    config = configs.load_config("toy2d", ["sampling.method='unipc'", "sampling.grid='fitted'",
+                                           "sampling.teleport='auto'", "sampling.n_steps=5", "sampling.order=3"])
+    sde = build.build_sde(config)
+    sampler = build.build_sampler(config, sde, str(tmp_path))
+    fit = S.GaussianFit.load(str(tmp_path / "gaussian_fit.npz"))
+    assert sampler.t_skip == pytest.approx(S.teleport_t_skip(sde, fit, nfe=6))
+    ts = np.asarray(sampler.timesteps)
+    assert ts[0] == pytest.approx(sampler.t_skip) and np.all(np.diff(ts) < 0) and len(ts) == 6
+    x, nfe = sampler(S.gaussian_score(fit, sde), jax.random.PRNGKey(0), S.prior_sample(sde, jax.random.PRNGKey(0), (8, 2)))
+    assert int(nfe) == 6 and bool(jnp.all(jnp.isfinite(x)))
+    assert build.build_sampler(config, sde, str(tmp_path)) == sampler  # the stored fit: the same sampler value
+    with pytest.raises(ValueError, match="sampling.teleport must be"):
+        build.build_sampler(configs.load_config("toy2d", ["sampling.teleport='far'"]), sde)

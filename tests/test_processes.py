@@ -124,10 +124,12 @@ def _checker(dim, n):
     return _CHECKS[dim, n]
 
 
-# 16-D by default for one ODE and one SDE case; every case under -m slow
+# 16-D by default for one ODE and one SDE case, 2-D for all but two; every case under -m slow
 _DEFAULT_16D = (("edm", "dpmpp_2m"), ("rectified_flow", "euler_maruyama"))
+_SLOW_2D = (("cosine", "euler_maruyama"), ("interpolant_trig", "ode_heun"))
 SAMPLE_PARAMS = [pytest.param(case, dim, id=f"{case[0]}-{case[1]}-{dim}",
-                              marks=pytest.mark.slow if dim == 16 and case[:2] not in _DEFAULT_16D else ())
+                              marks=pytest.mark.slow if (dim == 16 and case[:2] not in _DEFAULT_16D)
+                              or (dim == 2 and case[:2] in _SLOW_2D) else ())
                  for dim in (2, 16) for case in SAMPLE_CASES]
 
 

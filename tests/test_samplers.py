@@ -90,6 +90,7 @@ def test_the_default_pc_sampler_reproduces_low_dimensional_mixtures(proc, correc
     checker(dim).check(x, f"{proc}/pc/{corrector}/{dim}-D")
 
 
+@pytest.mark.slow  # a demonstration of the rule the default replaced
 def test_per_example_langevin_norms_are_biased_in_low_dimension():
     """The rule the default replaced: a step that depends on the position has the wrong stationary
     law (p ||s||^2 instead of p); on the 3-D mixture the means come out far outside MC error."""
@@ -108,8 +109,15 @@ CONFIGS_16D = CONFIGS + [("pc_langevin", "pc", {"corrector": "langevin"}, "unifo
                          ("pc_langevin_batch", "pc", {"corrector": "langevin", "norms": "batch"}, "uniform", 500)]
 
 
-@pytest.mark.parametrize("proc", ["vp", "ve"])
-@pytest.mark.parametrize("cfg", CONFIGS_16D, ids=[c[0] for c in CONFIGS_16D])
+# 16-D: a representative subset by default (every config runs in 2-D), every config under -m slow
+_16D_DEFAULT = {"vp": ("ancestral", "ode_heun", "dpmpp_2m", "pc_langevin", "pc_langevin_batch", "ddim_eta1", "edm_churn"),
+                "ve": ("ancestral", "ode_heun", "dpmpp_2m", "pc_langevin")}
+CASES_16D = [pytest.param(proc, cfg, id=f"{cfg[0]}-{proc}",
+                          marks=() if cfg[0] in _16D_DEFAULT[proc] else pytest.mark.slow)
+             for cfg in CONFIGS_16D for proc in ("vp", "ve")]
+
+
+@pytest.mark.parametrize("proc,cfg", CASES_16D)
 def test_samplers_reproduce_a_16d_mixture(proc, cfg):
     sde = PROCESSES[proc]
     x, _ = run_config(sde, mixture_16d(), cfg)
