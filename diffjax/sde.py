@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._jit import bind
+
 Array = jax.Array
 ScoreFn = Callable[..., Array]
 
@@ -969,8 +971,6 @@ class PFGMPP(EDM):
     def delta_mixture_score(self, atoms: Array, weights: Array) -> Callable[[Array, Array], Array]:
         """The exact EDM-equivalent score (D* - x) / sigma^2 for data on atoms (K, d) with weights (K,):
         D*(x, sigma) = sum_k w_k mu_k, w_k proportional to pi_k (||x - mu_k||^2 + sigma^2 D)^(-(N + D) / 2)."""
-        from diffjax._jit import bind
-
         return bind(_pfgmpp_delta_score, self, jnp.asarray(atoms), jnp.asarray(weights))
 
 

@@ -325,11 +325,12 @@ class UniPC(_Multistep):
             d_c = [(hist_m[k] - hist_m[0]) / expand_to(r_c[k - 1], x) for k in (1, 2)]
             _, s_prev = sde.marginal_coeffs(t_prev)
             a_t, s_t = sde.marginal_coeffs(t)
-            corr = (expand_to(rho_c[0], x) * d_c[0] + expand_to(rho_c[1], x) * d_c[1]) * expand_to(p_c >= 2, x)
-            # the last coefficient multiplies m_t - m_s; its index is p - 1
+            # rho^C_1..rho^C_{p-1} weigh D_1, D_2; the last one, rho^C_p, weighs m_t - m_s (chosen per
+            # example as scalars, so the update combines each array once)
+            w1 = jnp.where(p_c >= 2, rho_c[0], 0.0)
+            w2 = jnp.where(p_c == 3, rho_c[1], 0.0)
             rho_last = jnp.where(p_c == 1, rho_c[0], jnp.where(p_c == 2, rho_c[1], rho_c[2]))
-            corr = jnp.where(expand_to(p_c == 2, x), expand_to(rho_c[0], x) * d_c[0], corr)
-            corr = jnp.where(expand_to(p_c == 1, x), 0.0, corr)
+            corr = expand_to(w1, x) * d_c[0] + expand_to(w2, x) * d_c[1]
             x_c = (expand_to(s_t / s_prev, x) * x_prev - expand_to(a_t * h_phi_1, x) * hist_m[0]
                    - expand_to(a_t * big_b, x) * (corr + expand_to(rho_last, x) * (m - hist_m[0])))
             x = jnp.where(i > 0, x_c, x)
