@@ -111,6 +111,8 @@ def test_teleport_equals_a_fine_numerical_solve():
         assert float(jnp.sqrt(jnp.mean((solved - exact) ** 2))) < 1e-5
         cov = fit.eigvecs @ jnp.diag(fit.eigvals) @ fit.eigvecs.T
         np.testing.assert_allclose(S.gaussian_teleport(sde, x0, 1.0, 1e-3, fit.mean, cov), exact, atol=1e-12)
+        traced = jax.jit(lambda c: S.gaussian_teleport(sde, x0, 1.0, 1e-3, fit.mean, c))(cov)  # cov under jit
+        np.testing.assert_allclose(traced, exact, atol=1e-10)
         # low rank: the top two eigenpairs and the remainder's variance as an isotropic residual
         lam = jnp.asarray([4.0, 1.0, 0.3, 0.3])
         full = S.GaussianFit(fit.mean, lam, fit.eigvecs, 0.0)

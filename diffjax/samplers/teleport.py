@@ -90,6 +90,9 @@ def _as_fit(mean, cov) -> GaussianFit:
         if len(cov) == 2:
             return GaussianFit(mean, jnp.asarray(cov[0]), jnp.asarray(cov[1]), 0.0)
         return GaussianFit(mean, jnp.asarray(cov[0]), jnp.asarray(cov[1]), cov[2])
+    if isinstance(cov, jax.core.Tracer):  # inside the user's jit: decompose on device
+        lam, u = jnp.linalg.eigh((cov + cov.T) / 2)
+        return GaussianFit(mean, jnp.clip(lam, 0, None), u, 0.0)
     cov = np.asarray(cov, np.float64)
     if cov.ndim != 2 or cov.shape != (mean.shape[0], mean.shape[0]):
         raise ValueError(f"cov must be (d, d) = ({mean.shape[0]}, {mean.shape[0]}) or (eigenvalues, eigenvectors); "
