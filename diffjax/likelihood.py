@@ -21,7 +21,8 @@ import numpy as np
 
 from diffjax._jit import filter_jit
 from diffjax.samplers.base import _per_example_keys, sequenced
-from diffjax.samplers.ode import check_solver_options, probability_flow_drift, solve_adaptive
+from diffjax.samplers.ode import (_BATCHED_TABLEAUX, check_solver_options, probability_flow_drift, solve_adaptive,
+                                  solve_batched)
 from diffjax.sde import SDE
 
 Array = jax.Array
@@ -29,9 +30,10 @@ Array = jax.Array
 __all__ = ["DIVERGENCES", "log_likelihood", "bits_per_dim", "dequantize"]
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
+SOLVERS = ("batched", "diffrax")
 
 
-def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method):
+def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method, solver="diffrax"):
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a diffjax process (diffjax.sde.PROCESSES); got {type(sde).__name__}")
     sde.require_gaussian("the probability-flow likelihood (Gaussian prior density and kernel)")
@@ -48,7 +50,14 @@ def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, metho
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
     if not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes must be an integer >= 1; got {n_probes!r}")
-    check_solver_options(sde, rtol, atol, eps, method)
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    if solver == "batched" and method in _BATCHED_TABLEAUX:
+        check_solver_options(sde, rtol, atol, eps, "tsit5")
+    elif solver == "batched":
+        raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_BATCHED_TABLEAUX)}")
+    else:
+        check_solver_options(sde, rtol, atol, eps, method)
 
 
 def log_likelihood(
@@ -65,6 +74,7 @@ def log_likelihood(
     method: str = "tsit5",
     max_steps: int = 4096,
     per_example: bool = True,
+    solver: str = "batched",
 ):
     """Log-density log p_eps(x) (nats) of each example under the probability-flow ODE.
 
@@ -77,26 +87,32 @@ def log_likelihood(
         probe v drawn once and fixed over the whole solve, averaged over ``n_probes`` probes; one
         Jacobian-vector product each) or "exact" (the trace of the full Jacobian: d products; for
         low dimension).
-      rtol, atol: the PID controller's tolerances; the error norm covers x and the integral.
+      rtol, atol: the step controller's tolerances; the error norm covers x and the integral.
       eps: start time (1e-5, as the original).
-      method: "tsit5" or "dopri5".
+      method: "tsit5" or "dopri5" (fifth order), or "bosh3" (third order; batched solver only).
+      solver: "batched" (default since issue 18) integrates the whole batch in one
+        ``lax.while_loop`` (:func:`diffjax.samplers.ode.solve_batched`): the same embedded RK pairs
+        and error control as diffrax, so the same accuracy at a tolerance, without diffrax's per-step
+        overhead (about 3x faster on CPU for small models). "diffrax" is the previous path
+        (diffrax's PIDController, vmapped per example), kept for forward-mode differentiation.
 
-    Each example is solved with its own step-size control (vmapped solve), so its result does not
-    depend on its batch; ``per_example=False`` solves the batch as one system with one error norm
-    (the original's design: fewer steps for large batches, accuracy controlled only on average
-    over the batch, results coupled across the batch). Differentiable with
-    ``jax.grad`` in x and in anything the score closes over: gradients flow through the solver's
-    steps (diffrax's RecursiveCheckpointAdjoint, discretise-then-optimise).
+    Each example is solved with its own step-size control, so its result does not depend on its
+    batch (the batch runs until its slowest example is done). ``per_example=False`` takes common
+    steps for the batch: with the batched solver a step is accepted only when every example's error
+    is within tolerance (the per-example maximum); with diffrax one RMS norm over the whole batch (the
+    original's design, accuracy controlled only on average). Differentiable with ``jax.grad`` in x and
+    in anything the score closes over (discretise-then-optimise through diffrax's
+    RecursiveCheckpointAdjoint; the batched solver's VJP re-solves with diffrax at the same tolerances).
 
     Returns ``(logp, z, nfe)``: logp (batch,) = prior_logp(z) + int_eps^T div f~ dt; z = x(T), the
     latent (shape of x); nfe (batch,): evaluations of the augmented vector field per example (each
     is one score evaluation with ``n_probes`` JVPs, or d for "exact").
     """
-    _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method)
+    _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method, solver)
     keys = _per_example_keys(key, jnp.shape(x)[0])
     return _log_likelihood(
         score_fn, sde, keys, jnp.asarray(x), divergence, int(n_probes), float(rtol), float(atol),
-        float(eps), method, int(max_steps), bool(per_example),
+        float(eps), method, int(max_steps), bool(per_example), solver,
     )
 
 
@@ -110,21 +126,26 @@ def _probes(keys: Array, shape, n_probes: int, divergence: str, dtype) -> Array:
 
 
 @filter_jit
-def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, eps, method, max_steps, per_example):
+def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, eps, method, max_steps, per_example,
+                    solver="diffrax"):
     score_fn = sequenced(score_fn)
     data_shape = x.shape[1:]
     d = math.prod(data_shape)
     probes = _probes(keys, data_shape, n_probes, divergence, x.dtype)
 
     def augmented(t, state, probe):
-        """(f~(y, t), div f~) for a batch y (n, *data_shape) and its probes (n, n_probes, *data_shape)."""
+        """(f~(y, t), div f~) for a batch y (n, *data_shape) and its probes (n, n_probes, *data_shape);
+        t a scalar or per-example times (n,)."""
         y, _ = state
         n = y.shape[0]
-        t_b = jnp.full((n,), t, y.dtype)
+        t_b = jnp.broadcast_to(jnp.asarray(t, y.dtype), (n,))
 
         def drift(y_):
             return probability_flow_drift(sde, score_fn, y_, t_b)
 
+        if n_probes == 1 and divergence != "exact":  # one probe: a plain JVP, no linearisation
+            drift_y, jv = jax.jvp(drift, (y,), (probe[:, 0],))
+            return drift_y, jnp.sum((probe[:, 0] * jv).reshape(n, -1), axis=1)
         drift_y, jvp = jax.linearize(drift, y)
         if divergence == "exact":  # column i of every example's Jacobian is J e_i
             basis = jnp.broadcast_to(jnp.eye(d, dtype=y.dtype).reshape((d, 1) + data_shape), (d, n) + data_shape)
@@ -137,6 +158,10 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, ep
         return drift_y, div
 
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
+    if solver == "batched":
+        (z, delta), nfe = solve_batched(lambda t, state: augmented(t, state, probes), y0, eps, sde.T, method=method,
+                                        rtol=rtol, atol=atol, max_steps=max_steps, per_example=per_example)
+        return sde.prior_logp(z) + delta, z, nfe
     (z, delta), nfe = solve_adaptive(augmented, y0, probes, eps, sde.T, method=method, rtol=rtol, atol=atol,
                                      max_steps=max_steps, per_example=per_example)
     return sde.prior_logp(z) + delta, z, nfe
