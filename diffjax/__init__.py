@@ -1,6 +1,6 @@
 """diffjax: score-based generative modelling through SDEs, in JAX."""
 
-from diffjax import likelihood, losses, mixture, samplers, score, sde
+from diffjax import fokker_planck, likelihood, losses, mixture, samplers, score, sde, superposition
 from diffjax.mixture import GaussianMixture
 from diffjax.sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
@@ -13,10 +13,12 @@ __all__ = [
     "SubVPSDE",
     "ReverseSDE",
     "GaussianMixture",
+    "fokker_planck",
     "likelihood",
     "losses",
     "mixture",
     "samplers",
     "score",
     "sde",
+    "superposition",
 ]

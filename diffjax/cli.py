@@ -73,8 +73,12 @@ def _distributed_flags(p: argparse.ArgumentParser) -> None:
                    help="seconds without a peer's heartbeat before this process stops (default 20)")
 
 
-def _run_flags(p: argparse.ArgumentParser, num_default, num_help: str) -> None:
-    p.add_argument("--workdir", required=True)
+def _run_flags(p: argparse.ArgumentParser, num_default, num_help: str, several_workdirs: bool = False) -> None:
+    if several_workdirs:
+        p.add_argument("--workdir", required=True, action="append",
+                       help="the run's work directory; give two or more with --superpose")
+    else:
+        p.add_argument("--workdir", required=True)
     p.add_argument("--num", type=_positive_int, default=num_default, help=num_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=_positive_int, default=None, help="examples per compiled call")
@@ -96,11 +100,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _distributed_flags(p)
 
-    p = sub.add_parser("sample", help="draw samples from a trained run's EMA parameters")
-    _run_flags(p, 64, "number of samples (default 64)")
+    p = sub.add_parser("sample", help="draw samples from a trained run's EMA parameters, or from the "
+                                      "superposition of several runs (--superpose)")
+    _run_flags(p, 64, "number of samples (default 64)", several_workdirs=True)
     _sampling_flags(p)
-    p.add_argument("--out", default=None, help="output .npz (default: WORKDIR/samples/samples_STEP.npz); "
-                                               "a PNG grid is written beside it")
+    p.add_argument("--out", default=None, help="output .npz (default: WORKDIR/samples/samples_STEP.npz, or "
+                                               "superpose_MODE_STEP.npz in the first WORKDIR); a PNG grid is "
+                                               "written beside it")
+    g = p.add_argument_group("superposition of runs (SuperDiff; give --workdir two or more times)")
+    g.add_argument("--superpose", choices=("or", "and"), default=None,
+                   help="or: sample the mixture of the runs' distributions; and: where their densities are equal")
+    g.add_argument("--weights", default=None, help="OR mixture weights, comma-separated, one per run (default equal)")
+    g.add_argument("--temperature", type=float, default=None, help="OR temperature T (default 1: the mixture)")
+    g.add_argument("--ode", action="store_true", help="the probability-flow variant (divergences by Hutchinson; "
+                                                      "default: the SDE with the Itô density estimator)")
     _distributed_flags(p)
 
     p = sub.add_parser("likelihood", help="bits/dim (or NLL for 2-D toys) of a data split under a trained run")
@@ -112,7 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     _distributed_flags(p)
 
     p = sub.add_parser("evaluate", help="sample and print FID, KID and IS (digits features for the digits)")
-    _run_flags(p, 1000, "number of samples (default 1000)")
+    _run_flags(p, None, "number of samples (default 1000), or of test examples with --fp-residual (default 256)")
+    p.add_argument("--fp-residual", action="store_true",
+                   help="instead of sampling, print the score Fokker-Planck residual per t on test-split x_t "
+                        "(relative to |g^2 s|; also for 2-D toys) and save it as WORKDIR/eval/fp_residual_STEP.json")
     p.add_argument("--inception", default=None,
                    help="FID InceptionV3 weights (.npz, see diffjax.metrics); needed for datasets other than digits")
     _sampling_flags(p)
@@ -147,6 +163,42 @@ def _train(args, overrides) -> int:
     return 0
 
 
+def _float_list(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated numbers, like 0.7,0.3; got {text!r}") from None
+
+
+def _superpose(args) -> int:
+    import jax
+
+    from diffjax.run import load_run, superpose, write_samples
+
+    workdirs = args.workdir
+    if len(workdirs) < 2:
+        raise ValueError(f"--superpose needs two or more runs (--workdir A --workdir B); got {len(workdirs)}")
+    unused = [f"--{f}" for f in ("sampler", "order", "teleport", "predictor", "corrector", "snr", "guidance")
+              if getattr(args, f) is not None]
+    if unused:
+        raise ValueError(f"--superpose runs its own sampler (Euler-Maruyama with the Itô density estimator, or "
+                         f"Heun with --ode); {', '.join(unused)} do not apply")
+    if args.superpose == "and" and (args.weights is not None or args.temperature is not None):
+        raise ValueError("--weights and --temperature are OR's; --superpose and takes neither")
+    weights = None if args.weights is None else _float_list(args.weights, "--weights")
+    runs = [load_run(w, args.step) for w in workdirs]
+    n_steps = args.steps or 1000
+    out = args.out or os.path.join(workdirs[0], "samples", f"superpose_{args.superpose}_{runs[0].step}.npz")
+    x, log_q, kappa, nfe = superpose(runs, jax.random.PRNGKey(args.seed), args.num, args.superpose, weights=weights,
+                                     temperature=1.0 if args.temperature is None else args.temperature,
+                                     n_steps=n_steps, grid=args.grid or "uniform", ode=args.ode,
+                                     batch_size=args.batch)
+    png = write_samples(runs[0], x, out, log_q=log_q, kappa=kappa)
+    print(f"{len(x)} samples of {args.superpose.upper()}({', '.join(workdirs)}) ({'Heun, probability flow' if args.ode else 'Euler-Maruyama'}, "
+          f"{n_steps} steps, {nfe} score evaluations each) -> {out}, {png}")
+    return 0
+
+
 def _sample(args) -> int:
     import jax
 
@@ -154,6 +206,17 @@ def _sample(args) -> int:
 
     if args.out is not None and not args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out}: the output file must end in .npz")
+    if args.superpose:
+        return _superpose(args)
+    if len(args.workdir) > 1:
+        raise ValueError(f"several --workdir given ({', '.join(args.workdir)}); sampling several runs together "
+                         "needs --superpose or|and")
+    for flag in ("weights", "temperature"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} applies to --superpose only")
+    if args.ode:
+        raise ValueError("--ode applies to --superpose only (one run's ODE sampler is --sampler ode)")
+    args.workdir = args.workdir[0]
     run = load_run(args.workdir, args.step, _sampling_overrides(args))
     out = args.out or os.path.join(args.workdir, "samples", f"samples_{run.step}.npz")
     x, nfe = generate(run, jax.random.PRNGKey(args.seed), args.num, args.batch)
@@ -167,10 +230,32 @@ def _evaluate(args) -> int:
 
     from diffjax.run import evaluate, format_evaluation, load_run
 
+    if args.fp_residual:
+        return _fp_residual(args)
     run = load_run(args.workdir, args.step, _sampling_overrides(args))
-    ev = evaluate(run, jax.random.PRNGKey(args.seed), args.num, args.batch, args.inception,
+    ev = evaluate(run, jax.random.PRNGKey(args.seed), args.num or 1000, args.batch, args.inception,
                   progress=not args.no_progress)
     print(format_evaluation(ev))
+    return 0
+
+
+def _fp_residual(args) -> int:
+    import json
+
+    import jax
+
+    from diffjax.run import load_run
+    from diffjax.run.evaluate import evaluate_fp_residual, format_fp_residual
+
+    run = load_run(args.workdir, args.step)
+    ev = evaluate_fp_residual(run, jax.random.PRNGKey(args.seed), "test", args.num or 256)
+    print(format_fp_residual(ev))
+    if jax.process_index() == 0:
+        out = os.path.join(args.workdir, "eval", f"fp_residual_{run.step}.json")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(ev, f, indent=1)
+        print(f"-> {out}")
     return 0
 
 

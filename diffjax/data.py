@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from importlib import resources
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +49,31 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
             return data["images"].copy(), data["labels"].copy()
 
 
-def digits_split(split: str, image_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def parse_classes(spec) -> Optional[tuple[int, ...]]:
+    """Digit classes from ``"0-4"``, ``"0,2,5-7"``, a sequence of ints, or ``""``/None (all ten: None)."""
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return None
+    try:
+        if isinstance(spec, str):
+            out = []
+            for part in spec.replace(" ", "").split(","):
+                lo, _, hi = part.partition("-")
+                out.extend(range(int(lo), int(hi or lo) + 1))
+        else:
+            out = [int(c) for c in spec]
+    except (TypeError, ValueError):
+        raise ValueError(f"digit classes must look like '0-4' or '0,2,5-7' (digits 0..9); got {spec!r}") from None
+    if not out or min(out) < 0 or max(out) > 9:
+        raise ValueError(f"digit classes must be digits 0..9, like '0-4' or '0,2,5-7'; got {spec!r}")
+    return tuple(sorted(set(out)))
+
+
+def digits_split(split: str, image_size: int = 8, classes=None) -> tuple[np.ndarray, np.ndarray]:
     """The deterministic train/test split of the digits: 20 % of each class (seeded permutation) is test.
 
     Returns integer levels uint8 (N, image_size, image_size, 1) (16x16 is the 8x8 image with each
     pixel repeated 2x2, so the 17 levels are kept) and labels int32 (N,). train: 1,438, test: 359.
+    ``classes`` (see :func:`parse_classes`) keeps only those digits (the split itself is unchanged).
     """
     if split not in ("train", "test"):
         raise ValueError(f"digits split must be 'train' or 'test'; got {split!r}")
@@ -69,7 +89,12 @@ def digits_split(split: str, image_size: int = 8) -> tuple[np.ndarray, np.ndarra
     x = images[keep][..., None]
     if image_size == 16:
         x = x.repeat(2, axis=1).repeat(2, axis=2)
-    return x, labels[keep].astype(np.int32)
+    y = labels[keep].astype(np.int32)
+    classes = parse_classes(classes)
+    if classes is not None:
+        mask = np.isin(y, classes)
+        x, y = x[mask], y[mask]
+    return x, y
 
 
 def levels_to_model(k, levels: int, data_range=(-1.0, 1.0), u=None):
@@ -187,9 +212,11 @@ class ArrayLoader:
 
 
 def digits_loader(split: str, batch_size: int, *, image_size: int = 8, seed: int = 0, data_range=(-1.0, 1.0),
-                  uniform_dequantization: bool = True, shard_index: int = 0, shard_count: int = 1) -> ArrayLoader:
-    """Batches of the digits split (``x`` (B, s, s, 1) in ``data_range``, ``levels``, ``label``)."""
-    x, y = digits_split(split, image_size)
+                  uniform_dequantization: bool = True, shard_index: int = 0, shard_count: int = 1,
+                  classes=None) -> ArrayLoader:
+    """Batches of the digits split (``x`` (B, s, s, 1) in ``data_range``, ``levels``, ``label``),
+    only the digits in ``classes`` when given (see :func:`parse_classes`)."""
+    x, y = digits_split(split, image_size, classes)
     return ArrayLoader(x, y, batch_size, seed=seed, levels=DIGITS_LEVELS, data_range=data_range,
                        uniform_dequantization=uniform_dequantization, shard_index=shard_index,
                        shard_count=shard_count)

@@ -32,6 +32,7 @@ from diffjax.losses import split_batch
 from diffjax._jit import filter_jit
 from diffjax.samplers.base import (
     Step,
+    Wrapper,
     _per_example_keys,
     check_timesteps,
     check_x_init,
@@ -101,7 +102,7 @@ def _check_mask(y: Array, mask: Array) -> Array:
 
 
 @step_class
-class Inpaint(Step):
+class Inpaint(Wrapper):
     """``step`` with the known region (mask = 1) of ``y`` (batch, ...) re-imposed after every update.
 
     After the wrapped update (at t_next for a predictor, at t for a corrector) the known pixels of
@@ -113,18 +114,6 @@ class Inpaint(Step):
     step: Step
     y: Array
     mask: Array
-
-    @property
-    def sde(self) -> SDE:
-        return self.step.sde
-
-    @property
-    def nfe(self) -> int:
-        return self.step.nfe
-
-    @property
-    def moves_time(self) -> bool:
-        return self.step.moves_time
 
     @property
     def name(self) -> str:

@@ -16,11 +16,13 @@ original's default). lambda = sigma^2 by default; lambda = g^2 with ``likelihood
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
+from diffjax import fokker_planck
 from diffjax.sde import SDE, VESDE, VPSDE, expand_to
 
 Array = jax.Array
@@ -70,6 +72,10 @@ def get_dsm_loss_fn(
     importance_sampling: bool = False,
     eps: float = 1e-5,
     rng_kwarg: str | None = None,
+    fp_weight: float = 0.0,
+    fp_time_weighting: str = "sigma4_g4",
+    fp_num_examples: int = 0,
+    fp_divergence: str = "hutchinson",
 ) -> LossFn:
     """Continuous-time denoising score-matching loss for any process.
 
@@ -83,8 +89,17 @@ def get_dsm_loss_fn(
         expectation is unchanged; the variance of the estimate drops (most for VP and sub-VP).
       eps: lower end of the time interval (1e-5 as in the original).
       rng_kwarg: if set, a fresh PRNG key is passed to the model under this keyword (e.g. for dropout).
+      fp_weight: weight w of the Fokker–Planck regulariser (Lai et al. 2023; Deveney et al. 2025),
+        L = L_DSM + w E_t[ w_FP(t) R |R(x_t, t)|^2 ] on the same x_t (and t) as the DSM term, R the
+        score residual of :mod:`diffjax.fokker_planck` reduced over data dims as the DSM term is.
+        0 (the default) computes nothing: the loss is plain DSM, bit for bit.
+      fp_time_weighting: w_FP(t), one of :data:`diffjax.fokker_planck.TIME_WEIGHTINGS`.
+      fp_num_examples: the regulariser is third-order autodiff; compute it on the first this many
+        examples of the batch only (0: all).
+      fp_divergence: "hutchinson" (two Rademacher probes, the unbiased <R_eps1, R_eps2>) or "exact".
 
-    Returns ``loss_fn(key, params, batch) -> (loss, {"loss": loss})``; loss is the batch mean.
+    Returns ``loss_fn(key, params, batch) -> (loss, {"loss": loss})``; loss is the batch mean. With
+    ``fp_weight > 0`` the metrics add ``"dsm"`` and ``"fp"`` (the weighted residual term before w).
     """
     _check(sde, score_model)
     sde.require_gaussian("the denoising score-matching loss (use get_edm_loss_fn)")
@@ -95,9 +110,32 @@ def get_dsm_loss_fn(
         )
     if not 0.0 <= eps < sde.T:
         raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}); got {eps}")
+    if isinstance(fp_weight, bool) or not isinstance(fp_weight, (int, float)) or not fp_weight >= 0:
+        raise ValueError(f"fp_weight must be a number >= 0; got {fp_weight!r}")
+    if fp_time_weighting not in fokker_planck.TIME_WEIGHTINGS:
+        raise ValueError(f"unknown fp_time_weighting {fp_time_weighting!r}; expected one of "
+                         f"{fokker_planck.TIME_WEIGHTINGS}")
+    if isinstance(fp_num_examples, bool) or not isinstance(fp_num_examples, int) or fp_num_examples < 0:
+        raise ValueError(f"fp_num_examples must be an integer >= 0 (0: the whole batch); got {fp_num_examples!r}")
+    if fp_divergence not in fokker_planck.DIVERGENCES:
+        raise ValueError(f"unknown fp_divergence {fp_divergence!r}; expected one of {fokker_planck.DIVERGENCES}")
+
+    def fp_term(key, params, x_t, t, cond):
+        n = x_t.shape[0]
+        m = min(n, fp_num_examples) if fp_num_examples else n
+        sub = {k: v[:m] if jnp.ndim(v) >= 1 and jnp.shape(v)[0] == n else v for k, v in cond.items()}
+        k_probe, k_model = jax.random.split(key)
+        if rng_kwarg is not None:
+            sub = {**sub, rng_kwarg: k_model}
+        score_fn = lambda y, s: score_model(params, y, s, **sub)  # noqa: E731
+        sq = fokker_planck.fp_residual_sq(sde, score_fn, x_t[:m], t[:m], k_probe, divergence=fp_divergence)
+        d = math.prod(x_t.shape[1:])
+        sq = sq / d if reduce_mean else 0.5 * sq
+        return jnp.mean(fokker_planck.fp_time_weight(sde, t[:m], fp_time_weighting) * sq)
 
     def loss_fn(key: Array, params: Any, batch: Any) -> tuple[Array, dict]:
         x, cond = split_batch(batch)
+        cond_fp = cond
         k_t, k_z, k_model = jax.random.split(key, 3)
         n = x.shape[0]
         if importance_sampling:
@@ -117,7 +155,11 @@ def get_dsm_loss_fn(
             else:
                 per_example = per_example * sde.likelihood_weight(t)
         loss = jnp.mean(per_example)
-        return loss, {"loss": loss}
+        if not fp_weight:
+            return loss, {"loss": loss}
+        fp = fp_term(jax.random.fold_in(key, 1), params, x_t, t, cond_fp)
+        total = loss + fp_weight * fp
+        return total, {"loss": total, "dsm": loss, "fp": fp}
 
     return loss_fn
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import mixture_2d
 
-from diffjax import GaussianMixture, VESDE, VPSDE, checkpoint, data, models
+from diffjax import GaussianMixture, VESDE, VPSDE, data, models
 from diffjax import samplers as S
 from diffjax.cli import main
 from diffjax.likelihood import bits_per_dim, log_likelihood

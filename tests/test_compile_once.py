@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import mixture_2d, x64
-from jax.tree_util import Partial
 
 from diffjax import SubVPSDE, VESDE, VPSDE, guidance, likelihood
 from diffjax import sde as P

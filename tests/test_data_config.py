@@ -31,6 +31,26 @@ def test_digits_split_is_deterministic_disjoint_and_stratified():
         data.digits_split("valid")
 
 
+def test_digit_classes_select_a_subset_of_the_same_split():
+    assert data.parse_classes("0-4") == (0, 1, 2, 3, 4) and data.parse_classes("7,0,2-3") == (0, 2, 3, 7)
+    assert data.parse_classes("") is None and data.parse_classes([5, 9]) == (5, 9)
+    tr, ytr = data.digits_split("train")
+    low, ylow = data.digits_split("train", classes="0-4")
+    high, yhigh = data.digits_split("train", classes="5-9")
+    assert set(ylow) == {0, 1, 2, 3, 4} and set(yhigh) == {5, 6, 7, 8, 9} and len(low) + len(high) == len(tr)
+    np.testing.assert_array_equal(low, tr[ytr < 5])
+    loader = data.digits_loader("train", 32, classes="3")
+    assert set(np.asarray(next(loader)["label"]).tolist()) == {3}
+    for bad in ("a-b", "0-10", "-1"):
+        with pytest.raises(ValueError, match="digit classes"):
+            data.parse_classes(bad)
+    from diffjax.run import build_loader
+
+    with pytest.raises(ValueError, match="data.classes .* data.dataset=digits only"):
+        build_loader(load_config("toy2d", ["--config.data.classes=0-4"]), "train", 8)
+    assert load_config("digits_0to4").data.classes == "0-4" and load_config("digits_5to9").data.classes == "5-9"
+
+
 def test_levels_map_matches_bits_per_dim_and_dequantisation():
     k = np.array([0, 8, 16], np.uint8)
     np.testing.assert_allclose(data.levels_to_model(k, 17), -1 + 2 * (k + 0.5) / 17)

@@ -1,6 +1,5 @@
 """The Colab notebooks run top to bottom (executed with nbclient in a fresh kernel, as Colab would)."""
 
-import os
 import pathlib
 
 import pytest

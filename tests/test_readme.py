@@ -19,3 +19,4 @@ def test_readme_api_tour_runs(capsys):
     assert lines[2] == "True"  # the likelihood equals the exact log-density
     assert lines[3] == "True"  # classifier guidance put every sample in the chosen component
     assert lines[4] == "(2, 8, 8, 1)"  # a network turned into a score model
+    assert lines[-2:] == ["0.7", "True"]  # SuperDiff OR put 70 % in the left model, AND samples on x = 0

@@ -27,6 +27,10 @@ def get_default():
     t.p_mean = -1.2             # EDM loss: ln sigma ~ N(p_mean, p_std^2)
     t.p_std = 1.2
     t.time_sampling = "uniform"  # flow-matching loss: uniform | logit_normal
+    t.fp_weight = 0.0           # continuous DSM: weight of the Fokker-Planck residual regulariser (0: off)
+    t.fp_time_weighting = "sigma4_g4"  # its weight per t: none | g4 (1/g^4) | sigma4 | sigma4_g4 (sigma^4/g^4)
+    t.fp_num_examples = 0       # examples of each batch it is computed on (third-order autodiff; 0: all)
+    t.fp_divergence = "hutchinson"  # grad(div s): hutchinson (two probes, unbiased) | exact (small d)
 
     c.sde = s = ml_collections.ConfigDict()
     s.name = "vesde"            # vesde | vpsde | subvpsde | edm | cosine | rectified_flow | interpolant | pfgmpp
@@ -64,6 +68,7 @@ def get_default():
     d.random_flip = True
     d.uniform_dequantization = False
     d.centered = True           # data in [-1, 1] (True) or [0, 1]
+    d.classes = ""              # digits only: keep these classes, e.g. "0-4" or "0,2,5-7" ('' = all)
 
     c.sampling = sa = ml_collections.ConfigDict()
     sa.method = "pc"            # any samplers.get_step name, or "ode" (adaptive probability flow)

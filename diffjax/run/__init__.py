@@ -29,8 +29,16 @@ from diffjax.run.build import (
     is_toy,
     model_batch,
 )
-from diffjax.run.evaluate import evaluate, evaluate_likelihood, format_evaluation, format_likelihood, gaussian_baseline
-from diffjax.run.generate import generate, run_score_fn, to_unit_range, write_samples
+from diffjax.run.evaluate import (
+    evaluate,
+    evaluate_fp_residual,
+    evaluate_likelihood,
+    format_evaluation,
+    format_fp_residual,
+    format_likelihood,
+    gaussian_baseline,
+)
+from diffjax.run.generate import generate, run_score_fn, superpose, to_unit_range, write_samples
 from diffjax.run.load import Run, load_run, restore_state
 from diffjax.run.logging import MetricLogger, plot_training_curves, read_metrics
 from diffjax.run.train import RESUMABLE_CHANGES, ConfigMismatchError, NonFiniteLossError, config_differences, train
@@ -38,8 +46,9 @@ from diffjax.run.train import RESUMABLE_CHANGES, ConfigMismatchError, NonFiniteL
 __all__ = [
     "Sampler", "build_loader", "build_loss", "build_model", "build_optimizer", "build_sampler", "build_sde",
     "data_levels", "data_range", "example_shape", "init_state", "is_toy", "model_batch",
-    "evaluate", "evaluate_likelihood", "format_evaluation", "format_likelihood", "gaussian_baseline",
-    "generate", "run_score_fn", "to_unit_range", "write_samples", "Run", "load_run", "restore_state",
+    "evaluate", "evaluate_fp_residual", "format_fp_residual", "evaluate_likelihood", "format_evaluation",
+    "format_likelihood", "gaussian_baseline",
+    "generate", "superpose", "run_score_fn", "to_unit_range", "write_samples", "Run", "load_run", "restore_state",
     "MetricLogger", "plot_training_curves", "read_metrics",
     "RESUMABLE_CHANGES", "ConfigMismatchError", "NonFiniteLossError", "config_differences", "train",
 ]

@@ -105,9 +105,12 @@ def build_loader(config, split: str, batch_size: int, *, seed: Optional[int] = N
     seed = config.seed if seed is None else seed
     shard = (dict(shard_index=jax.process_index(), shard_count=jax.process_count()) if sharded
              else dict(shard_index=0, shard_count=1))
+    if d.get("classes", "") and d.dataset != "digits":
+        raise ValueError(f"data.classes selects digit classes and works with data.dataset=digits only; got {d.dataset!r}")
     if d.dataset == "digits":
         return data.digits_loader(split, batch_size, image_size=d.image_size, seed=seed, data_range=data_range(config),
-                                  uniform_dequantization=bool(d.uniform_dequantization and train), **shard)
+                                  uniform_dequantization=bool(d.uniform_dequantization and train), classes=d.classes,
+                                  **shard)
     if is_toy(config):
         # the "test" split of a toy is a fresh sample from another seed
         return data.toy_loader(d.dataset[4:], batch_size, seed=seed + (0 if split == "train" else 1_000_003), **shard)
@@ -119,8 +122,12 @@ def build_loader(config, split: str, batch_size: int, *, seed: Optional[int] = N
 
 def build_loss(config, sde, model):
     """The loss the config asks for (:func:`loss_name`: DSM continuous or discrete, EDM's, flow
-    matching), with dropout keys for the network."""
+    matching), with dropout keys for the network; ``training.fp_*`` add the Fokker–Planck
+    regulariser to continuous DSM."""
     t = config.training
+    if float(t.get("fp_weight", 0.0)) and not (loss_name(config, sde) == "dsm" and t.continuous):
+        raise ValueError("training.fp_weight (the Fokker–Planck regulariser) applies to the continuous DSM loss "
+                         f"only; this config trains with {loss_name(config, sde)!r} (continuous={t.continuous})")
     score_model = models.network_score_model(model, sde, train=True, sigma_data=float(config.sde.get("sigma_data", 0.5)))
     name = loss_name(config, sde)
     if name == "edm":
@@ -133,7 +140,8 @@ def build_loss(config, sde, model):
     elif t.continuous:
         loss = losses.get_dsm_loss_fn(sde, score_model, reduce_mean=t.reduce_mean,
                                       likelihood_weighting=t.likelihood_weighting,
-                                      importance_sampling=t.importance_sampling, rng_kwarg="dropout_key")
+                                      importance_sampling=t.importance_sampling, rng_kwarg="dropout_key",
+                                      **_fp_options(t))
     else:
         loss = losses.get_discrete_dsm_loss_fn(sde, score_model, reduce_mean=t.reduce_mean, rng_kwarg="dropout_key")
     num_classes = int(getattr(model, "num_classes", 0))
@@ -142,6 +150,12 @@ def build_loss(config, sde, model):
             raise ValueError("training.label_dropout needs a class-conditional network: set model.options.num_classes")
         loss = guidance.with_label_dropout(loss, t.label_dropout, null_label=num_classes)
     return loss
+
+
+def _fp_options(t) -> dict:
+    """The DSM loss's Fokker–Planck options from ``training.fp_*`` (configs saved before they existed: off)."""
+    return dict(fp_weight=float(t.get("fp_weight", 0.0)), fp_time_weighting=t.get("fp_time_weighting", "sigma4_g4"),
+                fp_num_examples=int(t.get("fp_num_examples", 0)), fp_divergence=t.get("fp_divergence", "hutchinson"))
 
 
 def build_optimizer(config):
@@ -206,7 +220,7 @@ def data_gaussian_fit(config, workdir: str = "", rank: int = 256) -> samplers.Ga
         return samplers.GaussianFit.load(path)
     d = config.data
     if d.dataset == "digits":
-        levels, _ = data.digits_split("train", d.image_size)
+        levels, _ = data.digits_split("train", d.image_size, d.classes)
         x = data.levels_to_model(levels, data.DIGITS_LEVELS, data_range(config))
     else:
         x = np.asarray(next(build_loader(config, "train", 10_000 if is_toy(config) else 5_000, train=False,

@@ -12,20 +12,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from diffjax import data, metrics, parallel
+from diffjax import data, fokker_planck, metrics, parallel
 from diffjax._jit import filter_jit
 from diffjax.likelihood import bits_per_dim, log_likelihood
 from diffjax.run.build import build_loader, data_range, is_toy
 from diffjax.run.generate import generate, plan_batches, run_score_fn, to_unit_range
 from diffjax.run.load import Run
 
-__all__ = ["evaluate_likelihood", "evaluate", "gaussian_baseline", "format_likelihood", "format_evaluation"]
+__all__ = ["evaluate_likelihood", "evaluate", "gaussian_baseline", "format_likelihood", "format_evaluation",
+           "evaluate_fp_residual", "format_fp_residual", "FP_TIMES"]
 
 
 def _eval_data(config, split: str, num: int):
     """(data, levels or None) of the first ``num`` examples of ``split`` (integer levels for images)."""
     if config.data.dataset == "digits":
-        x, _ = data.digits_split(split, config.data.image_size)
+        x, _ = data.digits_split(split, config.data.image_size, config.data.classes)
         return x[:num], data.DIGITS_LEVELS
     loader = build_loader(config, split, num, train=False, sharded=False)  # the same examples on every process
     if is_toy(config):
@@ -37,7 +38,7 @@ def gaussian_baseline(config, split: str, x: np.ndarray) -> Optional[float]:
     """The full-covariance Gaussian fitted to the training split, scored on ``x``: bits/dim for the
     digits (:func:`diffjax.data.fit_gaussian_bits_per_dim`), NLL in nats for toys; None for TFDS."""
     if config.data.dataset == "digits":
-        train_levels, _ = data.digits_split("train", config.data.image_size)
+        train_levels, _ = data.digits_split("train", config.data.image_size, config.data.classes)
         return data.fit_gaussian_bits_per_dim(train_levels, x, data.DIGITS_LEVELS)
     if is_toy(config):
         a = np.asarray(next(build_loader(config, "train", 20_000, train=False, sharded=False))["x"], np.float64)
@@ -102,7 +103,7 @@ def evaluate_likelihood(run: Run, key, split: str = "test", num: Optional[int] =
 def _reference_images(config, split: str, num: int) -> np.ndarray:
     """The first ``num`` examples of an image split in [0, 1], at bin centres (no dequantisation noise)."""
     if config.data.dataset == "digits":
-        x, _ = data.digits_split(split, config.data.image_size)
+        x, _ = data.digits_split(split, config.data.image_size, config.data.classes)
         return data.levels_to_model(x[:num].astype(np.float32), data.DIGITS_LEVELS, (0.0, 1.0))
     loader = build_loader(config, split, min(num, 500), train=False, sharded=False)
     out, n = [], 0
@@ -168,3 +169,44 @@ def format_likelihood(ev: dict) -> str:
         text += (f"\n  full-covariance Gaussian fitted to the training split, same examples: "
                  f"{ev['gaussian_baseline']:.4f}")
     return text
+
+
+FP_TIMES = (0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)  # fractions of T
+
+
+@filter_jit
+def _fp_profile(sde, score_fn, key, x0, ts, divergence):
+    return fokker_planck.fp_residual_by_time(sde, score_fn, key, x0, ts, divergence=divergence)
+
+
+def evaluate_fp_residual(run: Run, key, split: str = "test", num: int = 256, times=None,
+                         divergence: Optional[str] = None) -> dict:
+    """The score Fokker–Planck residual of the EMA model per time (:mod:`diffjax.fokker_planck`):
+    at each t of ``times`` (default :data:`FP_TIMES` x T), x_t ~ q_t(. | x0) for the first ``num``
+    examples x0 of ``split`` (images at their bin centres), rms |R| over the examples beside rms
+    |g^2 s|, the size of the diffusion term R is compared with; ``relative`` is their ratio (0 for
+    an exact score). ``divergence``: "exact" (default for d <= 16) or "hutchinson" (two probes,
+    unbiased |R|^2; default above)."""
+    config = run.config
+    x, levels = _eval_data(config, split, num)
+    x = np.asarray(x, np.float32)
+    if levels is not None:
+        x = data.levels_to_model(x, levels, data_range(config))
+    d = int(np.prod(x.shape[1:]))
+    divergence = divergence or ("exact" if d <= 16 else "hutchinson")
+    ts = np.asarray(FP_TIMES if times is None else times, np.float32) * (1.0 if times is not None else run.sde.T)
+    score_fn = run_score_fn(run, unconditional=True)
+    out = jax.device_get(_fp_profile(run.sde, score_fn, key, jnp.asarray(x, jnp.float32), jnp.asarray(ts),
+                                     divergence))
+    return {"split": split, "num_examples": len(x), "divergence": divergence, "step": run.step,
+            **{k: [float(v) for v in np.asarray(out[k])] for k in ("t", "rms_residual", "rms_scale", "relative")}}
+
+
+def format_fp_residual(ev: dict) -> str:
+    lines = [f"{'t':>7s} {'rms |R|':>11s} {'rms |g^2 s|':>12s} {'relative':>10s}"]
+    for t, r, s, rel in zip(ev["t"], ev["rms_residual"], ev["rms_scale"], ev["relative"]):
+        lines.append(f"{t:7.3f} {r:11.4g} {s:12.4g} {rel:10.4g}")
+    return "\n".join(lines) + (f"\n(score Fokker–Planck residual R = d_t s - grad[g^2/2 (div s + |s|^2) - f <x, s>] "
+                               f"of the EMA model at step {ev['step']}, on x_t from {ev['num_examples']} {ev['split']} "
+                               f"examples, {ev['divergence']} divergence; relative = rms |R| / rms |g^2 s|, 0 for "
+                               "the true score)")

@@ -11,13 +11,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
-from diffjax import guidance, images, models, parallel, samplers
+from diffjax import guidance, images, models, parallel, samplers, superposition
 from diffjax._jit import bind, filter_jit
 from diffjax.run.build import build_sampler, data_range, example_shape, is_toy
 from diffjax.run.load import Run
 from diffjax.run.logging import progress_range
 
-__all__ = ["plan_batches", "run_score_fn", "generate", "to_unit_range", "write_samples"]
+__all__ = ["plan_batches", "run_score_fn", "generate", "superpose", "to_unit_range", "write_samples"]
 
 
 def plan_batches(num: int, batch_size: int, mesh) -> tuple[int, int]:
@@ -89,15 +89,67 @@ def generate(run: Run, key, num: int, batch_size: Optional[int] = None, class_la
     return np.concatenate(out)[:num].astype(np.float32), nfe
 
 
+def _check_superposable(runs) -> None:
+    if len(runs) < 2:
+        raise ValueError(f"superposition needs at least two runs (--workdir A --workdir B); got {len(runs)}")
+    first = runs[0]
+    for r in runs[1:]:
+        for what, a, b in (("process (config sde)", first.config.sde.to_dict(), r.config.sde.to_dict()),
+                           ("example shape", example_shape(first.config), example_shape(r.config)),
+                           ("data range", data_range(first.config), data_range(r.config))):
+            if a != b:
+                raise ValueError(f"runs {first.workdir} and {r.workdir} differ in their {what} ({a} vs {b}); "
+                                 "superposition needs models of one process on one data space")
+        if getattr(r.model, "num_classes", 0) or getattr(first.model, "num_classes", 0):
+            raise ValueError("superposition takes unconditional runs; got a class-conditional network")
+
+
+def superpose(runs, key, num: int, mode: str = "or", *, weights=None, temperature: float = 1.0, n_steps: int = 1000,
+              grid: str = "uniform", ode: bool = False, batch_size: Optional[int] = None, progress: bool = False):
+    """``num`` samples of the superposition of trained ``runs`` (SuperDiff OR: the mixture of their
+    distributions with ``weights`` and ``temperature``; AND: where their densities are equal), by
+    :func:`diffjax.superposition.superposition_sample` on ``n_steps`` updates of ``grid``.
+
+    Example i uses ``fold_in(key, i)``, as :func:`generate`. Returns ``(x, log_q, kappa, nfe)``: samples
+    in the model's data range (num, ...), each model's tracked log-density (M, num) and the last step's
+    weights κ (M, num) (numpy, float32), and the score evaluations per sample."""
+    runs = list(runs)
+    _check_superposable(runs)
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"the number of samples must be a positive int; got {num!r}")
+    if grid not in samplers.TIME_GRIDS:
+        raise ValueError(f"unknown grid {grid!r} for superposition; expected one of {sorted(samplers.TIME_GRIDS)}")
+    sde = runs[0].sde
+    ts = samplers.TIME_GRIDS[grid](sde, int(n_steps))
+    batch, total = plan_batches(num, batch_size or runs[0].config.sampling.batch_size, runs[0].mesh)
+    sharding = parallel.batch_sharding(runs[0].mesh)
+    score_fns = [run_score_fn(r) for r in runs]
+    shape = example_shape(runs[0].config)
+    all_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
+    xs, lqs, kappas, nfe = [], [], [], 0
+    for i in progress_range(range(0, total, batch), progress, "superpose"):
+        keys = jax.device_put(all_keys[i:i + batch], sharding)
+        x_init = jax.vmap(lambda k: samplers.prior_sample(sde, k, (1, *shape))[0])(keys)
+        x, log_q, kappa, n = superposition.superposition_sample(
+            sde, score_fns, keys, x_init, ts, mode=mode, weights=weights, temperature=temperature, ode=ode)
+        xs.append(np.asarray(x))
+        lqs.append(np.asarray(log_q))
+        kappas.append(np.asarray(kappa))
+        nfe = int(n)
+    return (np.concatenate(xs)[:num].astype(np.float32), np.concatenate(lqs, 1)[:, :num].astype(np.float32),
+            np.concatenate(kappas, 1)[:, :num].astype(np.float32), nfe)
+
+
 def to_unit_range(config, x: np.ndarray) -> np.ndarray:
     """Map samples from the model's data range to [0, 1] (clipped)."""
     lo, hi = data_range(config)
     return np.clip((np.asarray(x, np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def write_samples(run: Run, x: np.ndarray, path: str) -> str:
+def write_samples(run: Run, x: np.ndarray, path: str, **extra) -> str:
     """Write ``path`` (an .npz: ``images`` float32 in [0, 1] (N, H, W, C) for image data, ``samples``
-    (N, 2) for 2-D toys) and a PNG grid beside it; returns the PNG's path. Process 0 only."""
+    (N, 2) for 2-D toys, and any ``extra`` arrays by name) and a PNG grid beside it; returns the PNG's
+    path. Process 0 only."""
     if not path.endswith(".npz"):
         raise ValueError(f"the output file must end in .npz; got {path!r}")
     png = path[:-4] + ".png"
@@ -105,10 +157,10 @@ def write_samples(run: Run, x: np.ndarray, path: str) -> str:
         return png
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if is_toy(run.config):
-        np.savez(path, samples=np.asarray(x, np.float32))
+        np.savez(path, samples=np.asarray(x, np.float32), **extra)
         images.write_png(png, images.density_image(x))
     else:
         unit = to_unit_range(run.config, x)
-        np.savez(path, images=unit)
+        np.savez(path, images=unit, **extra)
         images.write_png(png, images.image_grid(unit))
     return png

@@ -51,6 +51,16 @@ from diffjax.samplers.grids import (
     uniform_timesteps,
 )
 from diffjax.samplers.ode import ODEEuler, ODEHeun, ODERK4, ode_euler, ode_heun, ode_rk4, ode_sample, probability_flow_drift
+from diffjax.samplers.density import (
+    ProbabilityFlowDensity,
+    TrackedLogDensity,
+    injects_forward_noise,
+    ito_log_density_increment,
+    kernel_log_density_increment,
+    probability_flow_density,
+    sample_with_log_density,
+    track_log_density,
+)
 from diffjax.samplers.predictors import (
     AncestralSampling,
     AnnealedLangevin,
@@ -105,6 +115,8 @@ def get_step(name: str, sde, **options) -> Step:
 
 
 __all__ = [
+    "track_log_density", "TrackedLogDensity", "probability_flow_density", "ProbabilityFlowDensity",
+    "sample_with_log_density", "ito_log_density_increment", "kernel_log_density_increment", "injects_forward_noise",
     "Step", "Chain", "FunctionStep", "chain", "custom_step", "step_class", "static_field", "sequenced",
     "sample", "example_keys", "prior_sample", "tweedie_denoise", "get_step", "STEPS",
     "EulerMaruyama", "ReverseDiffusion", "AncestralSampling", "Langevin", "AnnealedLangevin",

@@ -33,7 +33,7 @@ from diffjax.sde import SDE
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
-__all__ = ["Step", "Chain", "FunctionStep", "chain", "custom_step", "step_class", "static_field", "sample",
+__all__ = ["Step", "Wrapper", "Chain", "FunctionStep", "chain", "custom_step", "step_class", "static_field", "sample",
            "example_keys", "prior_sample", "fold_keys", "normal_like", "tweedie_denoise", "sequenced", "time_dtype",
            "with_num_steps"]
 
@@ -87,6 +87,34 @@ class Step:
 
     def update(self, keys, x, state, t, t_next, score_fn):
         raise NotImplementedError
+
+
+class Wrapper(Step):
+    """Base of steps that wrap another step (a :func:`step_class` with a field ``step``): the process,
+    NFE, whether time moves, whether noise is injected and the grid length are the wrapped step's."""
+
+    def __post_init__(self):
+        if not isinstance(self.step, Step):
+            raise TypeError(f"{type(self).__name__} wraps a diffjax.samplers.Step; got {type(self.step).__name__}")
+
+    @property
+    def sde(self) -> SDE:
+        return self.step.sde
+
+    @property
+    def nfe(self) -> int:
+        return self.step.nfe
+
+    @property
+    def moves_time(self) -> bool:
+        return self.step.moves_time
+
+    @property
+    def stochastic(self) -> bool:
+        return self.step.stochastic
+
+    def with_num_steps(self, n: int) -> "Wrapper":
+        return dataclasses.replace(self, step=with_num_steps(self.step, n))
 
 
 @step_class
@@ -366,10 +394,20 @@ def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: 
 @filter_jit
 def _run(step, score_fn, denoise, keys, x_init, ts):
     score_fn = sequenced(score_fn)
+    x, _ = scan_steps(step, score_fn, keys, x_init, ts)
+    if denoise:
+        n = x_init.shape[0]
+        x = tweedie_denoise(step.sde, score_fn, x, jnp.full((n,), ts[-1], ts.dtype)).astype(x_init.dtype)
+    return x
+
+
+def scan_steps(step, score_fn, keys, x_init, ts):
+    """The driver's loop (traced, not jitted): ``step`` over the grid ``ts`` with ``lax.scan``, step k
+    folding k into every example's key; returns (x, the step's final state). The carry keeps its
+    dtypes whatever precision a step computes in (float32 coefficients on bfloat16 samples, float64
+    times with float64 samples)."""
     n = x_init.shape[0]
     state0 = step.init(x_init)
-    # the carry keeps its dtypes whatever precision a step computes in (float32 coefficients on
-    # bfloat16 samples, float64 times with float64 samples)
     carry_types = jax.tree_util.tree_map(lambda v: jnp.result_type(v), (x_init, state0))
 
     def body(carry, inputs):
@@ -381,7 +419,5 @@ def _run(step, score_fn, denoise, keys, x_init, ts):
         return jax.tree_util.tree_map(lambda v, d: jnp.asarray(v).astype(d), (x, state), carry_types), None
 
     steps = jnp.arange(ts.shape[0] - 1)
-    (x, _), _ = jax.lax.scan(body, (x_init, state0), (steps, ts[:-1], ts[1:]))
-    if denoise:
-        x = tweedie_denoise(step.sde, score_fn, x, jnp.full((n,), ts[-1], ts.dtype)).astype(x_init.dtype)
-    return x
+    (x, state), _ = jax.lax.scan(body, (x_init, state0), (steps, ts[:-1], ts[1:]))
+    return x, state

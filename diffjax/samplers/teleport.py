@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax._jit import bind
-from diffjax.samplers.base import Step, sample, tweedie_denoise
+from diffjax.samplers.base import Step, sample
 from diffjax.samplers.grids import TIME_GRIDS
-from diffjax.sde import SDE, expand_to
+from diffjax.sde import SDE
 
 Array = jax.Array
 

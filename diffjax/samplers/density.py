@@ -1,0 +1,320 @@
+"""Log-densities along sampler paths: the Itô density estimator and its probability-flow counterpart.
+
+**The Itô density estimator** (Skreta et al., ICLR 2025, Thm. 1). Along a reverse-time path
+dx = u(x) dτ + g(t) dW̄ with *any* drift u but the forward process's own noise g, the log-density of
+the forward marginal q_t at the moving point evolves as (τ = reverse time, dτ = -dt > 0)
+
+    d log q_t(x) = <dx, s> + [ d f(t) + <f(t) x - ½ g(t)² s, s> ] dτ ,      s = ∇ log q_t(x),
+
+with no divergence: the Laplacian of Itô's lemma cancels the one of the Fokker–Planck equation.
+Each step costs nothing beyond the score the step already evaluates. Two discretisations of one
+step from t to t_next < t, Δ = t - t_next, with the score at the left point (x, t):
+
+- ``"euler"``:  Δℓ = <x' - x, s> + [d f + <f x - ½ g² s, s>] Δ;
+- ``"kernel"`` (the paper's App. D "detailed balance" form): log q_{t_next}(y) - log q_t(x) =
+  log r~(y | x) - log k(x | y) with the forward kernel k(x | y) = N(x; y / r, S²) and the reverse
+  kernel r~(y | x) = N(y; r (x + S² s), r² S²), r = a(t_next) / a(t), S² = σ(t)² - σ(t_next)² / r²;
+  written without cancellation it is  Δℓ = -d log r + <y / r - x, s> - ½ S² |s|².
+
+**Which steps it is valid for.** Only those whose injected noise has the forward process's own
+variance g² Δ (to first order in Δ): Euler–Maruyama on the reverse SDE with Anderson's noise
+(``euler_maruyama`` with ``epsilon=None``), ``reverse_diffusion``, ``ancestral_sampling``, ``ddim``
+with eta = 1, ``dpmpp_2m_sde``, and ``dpmpp_3m_sde`` with eta = 1. It is *wrong* for Langevin
+correctors, for DDIM with eta ≠ 1 or any other noise level ε(t) ≠ g²/2, and for deterministic steps:
+:func:`track_log_density` refuses them. Deterministic paths use the probability-flow counterpart,
+which needs a divergence:
+
+**Probability flow** (the instantaneous change of variables; the paper's Prop. 5 with u = v):
+along dx/dt = v(x, t) = f x - ½ g² s, d/dt log q_t(x(t)) = -∇·v = -(d f - ½ g² ∇·s).
+:func:`probability_flow_density` is a Heun (or Euler) step on (x, ℓ) with the exact divergence or
+Hutchinson's estimate.
+
+:func:`sample_with_log_density` runs either over a time grid and returns the samples with
+ℓ_end = log q_T(x_T) + Σ Δℓ, an estimate of log q_{t_end}(x_end). The per-path error of the Itô
+estimator has a bias O(1/N) and a spread O(N^-½) in the number of steps N (the spread also grows
+with d; differences between models, as superposition uses them, are far less noisy).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from diffjax._jit import filter_jit
+from diffjax.samplers.base import (
+    Chain, Step, Wrapper, _per_example_keys, check_timesteps, check_x_init, scan_steps, sequenced, static_field, step_class,
+    time_dtype, with_num_steps,
+)
+from diffjax.samplers.fast import DDIM, DPMSolverPP2MSDE
+from diffjax.samplers.multistep import DPMSolverPP3MSDE
+from diffjax.samplers.ode import probability_flow_drift
+from diffjax.samplers.predictors import AncestralSampling, EulerMaruyama, ReverseDiffusion
+from diffjax.sde import SDE, expand_to
+
+Array = jax.Array
+
+__all__ = [
+    "DENSITY_FORMS", "DIVERGENCES", "ito_log_density_increment", "kernel_log_density_increment",
+    "injects_forward_noise", "track_log_density", "TrackedLogDensity", "probability_flow_density",
+    "ProbabilityFlowDensity", "divergence", "sample_with_log_density",
+]
+
+DENSITY_FORMS = ("euler", "kernel")
+DIVERGENCES = ("exact", "rademacher", "gaussian")
+
+_VALID = ("euler_maruyama (epsilon=None), reverse_diffusion, ancestral_sampling, ddim(eta=1), "
+          "dpmpp_2m_sde, dpmpp_3m_sde(eta=1)")
+
+
+def _flat(v: Array) -> Array:
+    return jnp.reshape(v, (v.shape[0], -1))
+
+
+def _dot(u: Array, v: Array) -> Array:
+    """Per-example inner products <u, v>, shape (batch,)."""
+    return jnp.sum(_flat(u) * _flat(v), axis=1)
+
+
+def ito_log_density_increment(sde: SDE, x: Array, x_next: Array, score: Array, t: Array, t_next: Array) -> Array:
+    """Euler form of the Itô density estimator for one reverse step from (x, t) to (x_next, t_next):
+
+        Δℓ = <x_next - x, s> + [d f(t) + <f(t) x - ½ g(t)² s, s>] (t - t_next),
+
+    with ``score`` = s(x, t) at the left point; x, x_next, score (batch, ...), t, t_next (batch,).
+    Returns Δℓ (batch,), the estimate of log q_{t_next}(x_next) - log q_t(x). Valid only when the step
+    from x to x_next injected noise of variance g² (t - t_next) (see the module docstring)."""
+    f, g = sde.drift_diffusion_coeffs(t)
+    d = math.prod(x.shape[1:])
+    dtau = t - t_next
+    return _dot(x_next - x, score) + (d * f + f * _dot(x, score) - 0.5 * g**2 * _dot(score, score)) * dtau
+
+
+def kernel_log_density_increment(sde: SDE, x: Array, x_next: Array, score: Array, t: Array, t_next: Array) -> Array:
+    """The discrete kernel-ratio form (App. D of Skreta et al.) of the same increment:
+
+        Δℓ = log r~(x_next | x) - log k(x | x_next) = -d log r + <x_next / r - x, s> - ½ S² |s|²,
+
+    r = a(t_next) / a(t), S² = σ(t)² - σ(t_next)² / r² (the forward kernel's variance from t_next to t);
+    shapes as :func:`ito_log_density_increment`. Exact, for any grid, when x_next is drawn from the
+    true posterior q(x_{t_next} | x_t) and r~ equals it (a point mass, or Gaussian data)."""
+    a_t, s_t = sde.marginal_coeffs(t)
+    a_n, s_n = sde.marginal_coeffs(t_next)
+    r = a_n / a_t
+    s2 = jnp.maximum(s_t**2 - (s_n / r) ** 2, 0.0)
+    d = math.prod(x.shape[1:])
+    return -d * jnp.log(r) + _dot(x_next / expand_to(r, x) - x, score) - 0.5 * s2 * _dot(score, score)
+
+
+_INCREMENTS = {"euler": ito_log_density_increment, "kernel": kernel_log_density_increment}
+
+
+def injects_forward_noise(step: Step) -> bool:
+    """Whether ``step``'s injected noise has the forward process's own variance g² Δ (to first order),
+    which the Itô density estimator needs. A step of your own says so with ``forward_noise = True``."""
+    own = getattr(step, "forward_noise", None)
+    if own is not None:
+        return bool(own)
+    if isinstance(step, EulerMaruyama):
+        return step.epsilon is None
+    if isinstance(step, (ReverseDiffusion, AncestralSampling, DPMSolverPP2MSDE)):
+        return True
+    if isinstance(step, (DDIM, DPMSolverPP3MSDE)):
+        return float(step.eta) == 1.0
+    return False
+
+
+def _check_density_step(step: Step, what: str) -> None:
+    if not isinstance(step, Step):
+        raise TypeError(f"{what} takes a diffjax.samplers.Step; got {type(step).__name__}")
+    if isinstance(step, Chain):
+        raise ValueError(f"{what}: a chain ({step.name}) holds correctors or several steps; the Itô density estimator "
+                         f"needs one step whose noise is the forward process's own: {_VALID}")
+    if not injects_forward_noise(step):
+        kind = ("a deterministic step" if not step.stochastic else
+                "a corrector (its noise is not the forward process's)" if not step.moves_time else
+                "a step whose noise is not the forward process's own g^2 dt")
+        raise ValueError(f"{what}: {step.name} is {kind}, for which the Itô density estimator is wrong; use one of "
+                         f"{_VALID}, or probability_flow_density(sde) (with a divergence) for a deterministic path")
+    if step.nfe != 1:
+        raise ValueError(f"{what}: {step.name} evaluates the score {step.nfe} times per step; expected 1")
+
+
+@step_class
+class TrackedLogDensity(Wrapper):
+    """``step`` carrying the Itô estimate of log q along its path (see :func:`track_log_density`).
+
+    State: (the step's own state, ℓ (batch,)), ℓ the sum of the increments so far. The step's single
+    score evaluation at (x, t) is reused: no extra network call."""
+
+    step: Step
+    form: str = static_field("euler")
+
+    def __post_init__(self):
+        _check_density_step(self.step, "track_log_density")
+        if self.form not in DENSITY_FORMS:
+            raise ValueError(f"unknown density form {self.form!r}; expected one of {DENSITY_FORMS}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.step.name}+log_density({self.form})"
+
+    def init(self, x):
+        return self.step.init(x), jnp.zeros(x.shape[:1], time_dtype(x))
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        inner, ell = state
+        seen = []
+
+        def recording(x_, t_, *args, **kwargs):
+            s = score_fn(x_, t_, *args, **kwargs)
+            seen.append(s)
+            return s
+
+        x_next, x_mean, inner = self.step.update(keys, x, inner, t, t_next, recording)
+        if len(seen) != 1:
+            raise ValueError(f"track_log_density: {self.step.name} evaluated the score {len(seen)} times; expected once")
+        dt = time_dtype(x)
+        xs, xn, s = (v.astype(dt) for v in (x, x_next, seen[0]))
+        ell = ell + _INCREMENTS[self.form](self.sde, xs, xn, s, t.astype(dt), t_next.astype(dt))
+        return x_next, x_mean, (inner, ell)
+
+    @staticmethod
+    def log_density(state) -> Array:
+        return state[1]
+
+
+def track_log_density(step: Step, form: str = "euler") -> TrackedLogDensity:
+    """``step`` with the Itô density estimator riding along (module docstring): the same samples, and
+    in the state the running sum of log-density increments. ``form`` is "euler" or "kernel".
+
+    Raises ValueError for steps it is wrong for (Langevin correctors, chains, deterministic steps,
+    DDIM or DPM-Solver++(3M) SDE with eta ≠ 1, Euler–Maruyama with a noise level ε ≠ g²/2)."""
+    return TrackedLogDensity(step, form)
+
+
+def divergence(fn, x: Array, kind: str = "exact", probes: Optional[Array] = None) -> tuple[Array, Array]:
+    """(fn(x), ∇·fn(x)) for a batched map fn (batch, ...) -> (batch, ...), each example's output
+    depending on that example only. ``kind`` "exact": the trace of each example's Jacobian (d
+    forward-mode products); "rademacher" / "gaussian": Hutchinson's estimate mean_k v_kᵀ J v_k
+    over ``probes`` (n_probes, batch, ...)."""
+    out, jvp = jax.linearize(fn, x)
+    if kind == "exact":
+        d = math.prod(x.shape[1:])
+        basis = jnp.eye(d, dtype=x.dtype).reshape((d, 1) + x.shape[1:])
+        cols = jax.vmap(jvp)(jnp.broadcast_to(basis, (d,) + x.shape))  # (d, batch, ...)
+        return out, jnp.einsum("ibi->b", cols.reshape(d, x.shape[0], d))
+    if probes is None:
+        raise ValueError("a Hutchinson divergence needs probes of shape (n_probes, batch, ...)")
+    jv = jax.vmap(jvp)(probes)
+    return out, jnp.mean(jnp.sum((probes * jv).reshape(probes.shape[0], x.shape[0], -1), axis=2), axis=0)
+
+
+def draw_probes(keys: Array, x: Array, kind: str, n_probes: int) -> Optional[Array]:
+    """Hutchinson probes (n_probes, batch, ...) from per-example keys; None for the exact divergence."""
+    if kind == "exact":
+        return None
+    draw = jax.random.normal if kind == "gaussian" else jax.random.rademacher
+    p = jax.vmap(lambda k: draw(k, (n_probes,) + x.shape[1:], x.dtype))(keys)
+    return jnp.moveaxis(p, 1, 0)
+
+
+@step_class
+class ProbabilityFlowDensity(Step):
+    """Heun (or Euler) on the probability flow with log q carried along (see
+    :func:`probability_flow_density`). State: ℓ (batch,), the running sum of ∫ -∇·v dt."""
+
+    sde: SDE
+    method: str = static_field("heun")
+    divergence: str = static_field("exact")
+    n_probes: int = static_field(1)
+    stochastic = False
+
+    def __post_init__(self):
+        if self.method not in ("heun", "euler"):
+            raise ValueError(f"probability_flow_density method must be 'heun' or 'euler'; got {self.method!r}")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"unknown divergence {self.divergence!r}; expected one of {DIVERGENCES}")
+        if isinstance(self.n_probes, bool) or not isinstance(self.n_probes, int) or self.n_probes < 1:
+            raise ValueError(f"n_probes must be an integer >= 1; got {self.n_probes!r}")
+        self.sde.require_gaussian("the probability-flow density")
+
+    @property
+    def nfe(self) -> int:
+        return 2 if self.method == "heun" else 1
+
+    @property
+    def name(self) -> str:
+        return f"probability_flow_density({self.method}, {self.divergence})"
+
+    def init(self, x):
+        return jnp.zeros(x.shape[:1], time_dtype(x))
+
+    def update(self, keys, x, state, t, t_next, score_fn):
+        probes = draw_probes(keys, x, self.divergence, self.n_probes)
+
+        def field(y, tt):
+            v, div = divergence(lambda y_: probability_flow_drift(self.sde, score_fn, y_, tt), y, self.divergence, probes)
+            return v, -div
+
+        h = t_next - t
+        v1, l1 = field(x, t)
+        x_euler = x + expand_to(h, x) * v1
+        if self.method == "euler":
+            return x_euler, x_euler, state + h * l1
+        v2, l2 = field(x_euler, t_next)
+        x_next = x + expand_to(0.5 * h, x) * (v1 + v2)
+        return x_next, x_next, state + 0.5 * h * (l1 + l2)
+
+    @staticmethod
+    def log_density(state) -> Array:
+        return state
+
+
+def probability_flow_density(sde: SDE, method: str = "heun", divergence: str = "exact",
+                             n_probes: int = 1) -> ProbabilityFlowDensity:
+    """A fixed-grid step on the probability flow dx/dt = f x - ½ g² s that carries log q along:
+    dℓ/dt = -∇·v = -(d f - ½ g² ∇·s) (the deterministic counterpart of the Itô estimator; it needs a
+    divergence). ``method`` "heun" (second order, 2 NFE) or "euler"; ``divergence`` "exact" (d
+    Jacobian-vector products per evaluation; low dimension) or "rademacher"/"gaussian" (Hutchinson,
+    ``n_probes`` fresh probes per step, shared by Heun's two stages). Use with
+    :func:`sample_with_log_density`."""
+    return ProbabilityFlowDensity(sde, method, divergence, n_probes)
+
+
+def sample_with_log_density(step: Step, score_fn, key: Array, x_init: Array, timesteps: Array, *,
+                            form: str = "euler", log_q_init: Optional[Array] = None):
+    """Run ``step`` over ``timesteps`` from ``x_init`` and estimate the log-density of where each path ends.
+
+    Args:
+      step: a step with forward noise (wrapped by :func:`track_log_density` with ``form``), a
+        :func:`track_log_density` step, or a :func:`probability_flow_density` step.
+      score_fn, key, x_init, timesteps: as :func:`diffjax.samplers.sample` (no final denoising: the
+        density is that of the marginal at timesteps[-1]).
+      log_q_init: log q_T(x_init) (batch,); default the prior's log-density ``sde.prior_logp(x_init)``.
+
+    Returns ``(x, log_q, nfe)``: samples at timesteps[-1], the estimate of log q_{t_end}(x) (batch,)
+    in nats (float64 for float64 samples, else float32), and the score evaluations per sample.
+    """
+    if not isinstance(step, (TrackedLogDensity, ProbabilityFlowDensity)):
+        step = track_log_density(step, form)
+    if not callable(score_fn):
+        raise TypeError("score_fn must be callable score_fn(x, t)")
+    check_x_init(x_init)
+    ts = check_timesteps(timesteps, step.sde, time_dtype(x_init))
+    keys = _per_example_keys(key, jnp.shape(x_init)[0])
+    if log_q_init is None:
+        log_q_init = step.sde.prior_logp(jnp.asarray(x_init, time_dtype(x_init)))
+    elif jnp.shape(log_q_init) != jnp.shape(x_init)[:1]:
+        raise ValueError(f"log_q_init must have shape (batch,) = {jnp.shape(x_init)[:1]}; got {jnp.shape(log_q_init)}")
+    step = with_num_steps(step, ts.shape[0] - 1)
+    x, ell = _run_density(step, score_fn, keys, x_init, ts)
+    return x, jnp.asarray(log_q_init, ell.dtype) + ell, jnp.asarray((ts.shape[0] - 1) * step.nfe, jnp.int32)
+
+
+@filter_jit
+def _run_density(step, score_fn, keys, x_init, ts):
+    x, state = scan_steps(step, sequenced(score_fn), keys, x_init, ts)
+    return x, step.log_density(state)

@@ -1,0 +1,268 @@
+"""Superposition of trained diffusion models: SuperDiff OR (the mixture) and AND (equal densities).
+
+Skreta, Atanackovic, Bose, Tong, Neklyudov, "The Superposition of Diffusion Models Using the Itô
+Density Estimator" (ICLR 2025). M models of one process give scores s_1..s_M of their marginals
+q_1..q_M. Each sampler step combines them into s̄ = Σ_i κ_i s_i with per-example weights κ (M, batch):
+
+**OR** samples the mixture Σ_i w_i q_i. Its score is exactly Σ_i κ_i s_i with
+κ = softmax_i(log q_i + log w_i) (the mixture-score identity), so κ = softmax_i(T ℓ_i + log w_i)
+with the log-densities ℓ_i tracked along the path by the Itô density estimator
+(:mod:`diffjax.samplers.density`); T = 1 is the mixture, a larger temperature T sharpens the choice
+(the CIFAR code used T = 1e6, a hard argmax).
+
+**AND** samples where the models' densities are equal: κ (Σ κ = 1) is chosen each step so that every
+model's log-density changes by the same amount. On the SDE path, with the step's own noise z
+(the same z in κ and in the step; reverse time τ, Δ = t - t_next, u_j = -f x + g² s_j),
+
+    d ℓ_i = Σ_j A_ij κ_j + b_i,   A_ij = Δ <u_j, s_i>,   b_i = d f Δ + <g √Δ z + (f x - ½ g² s_i) Δ, s_i>,
+
+and [A -1; 1ᵀ 0][κ; c] = [-b; 1] is solved per example (c is the common increment). On the
+probability-flow path u = f x - ½ g² s̄, dℓ_i/dt = -∇·v_i - <s_i, v_i - u> with v_i = f x - ½ g² s_i,
+which needs divergences. κ is unbounded (ill-conditioned early, when the scores agree) and is not
+clipped: clipping it to [0, 1] (as one third-party port does) breaks the equal-density property.
+
+:func:`superposition_sample` runs either over a time grid (Euler–Maruyama with the forward noise for
+the SDE, Heun for the ODE). :func:`mixture_score` is the pure OR combinator for models whose
+log-densities are known in closed form; :func:`or_weights`, :func:`and_weights` and
+:func:`combine_scores` are the per-step pieces for samplers of your own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax._jit import bind, filter_jit
+from diffjax.samplers.base import (
+    _per_example_keys, check_timesteps, check_x_init, fold_keys, normal_like, sequenced, time_dtype,
+)
+from diffjax.samplers.density import DIVERGENCES, divergence, draw_probes, ito_log_density_increment
+from diffjax.score import x0_from_score
+from diffjax.sde import SDE, expand_to
+
+Array = jax.Array
+
+__all__ = ["MODES", "or_weights", "and_weights", "combine_scores", "mixture_score", "superposition_sample"]
+
+MODES = ("or", "and")
+
+
+def _dot(u: Array, v: Array, data_ndim: int) -> Array:
+    """<u, v> over the trailing ``data_ndim`` axes (broadcasting the leading ones)."""
+    return jnp.sum(u * v, axis=tuple(range(-data_ndim, 0)))
+
+
+def or_weights(log_q: Array, log_weights: Optional[Array] = None, temperature: float = 1.0) -> Array:
+    """OR weights κ = softmax_i(T ℓ_i + log w_i) over models; log_q (M, batch) -> κ (M, batch).
+    With T = 1 and exact ℓ_i = log q_i, Σ κ_i s_i is exactly the score of the mixture Σ w_i q_i."""
+    logits = temperature * log_q
+    if log_weights is not None:
+        logits = logits + jnp.reshape(log_weights, (-1, 1))
+    return jax.nn.softmax(logits, axis=0)
+
+
+def and_weights(a: Array, r: Array) -> Array:
+    """κ (M, batch) with Σ_j κ_j = 1 and (A κ)_i - c = r_i for all i (one common c), per example.
+
+    ``a`` (batch, M, M), ``r`` (M, batch): the bordered system [A -1; 1ᵀ 0][κ; c] = [r; 1]. Two models
+    are solved in closed form, more with a batched linear solve. Near-singular systems (the models
+    agree) give large κ, by design of the method; an exactly singular one gives κ = 1/M."""
+    m = a.shape[-1]
+    if m == 2:
+        # κ = (k, 1 - k): [(A00 - A01) - (A10 - A11)] k = r0 - r1 - A01 + A11
+        den = (a[:, 0, 0] - a[:, 0, 1]) - (a[:, 1, 0] - a[:, 1, 1])
+        num = r[0] - r[1] - a[:, 0, 1] + a[:, 1, 1]
+        ok = jnp.abs(den) > 0
+        k = jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.5)
+        return jnp.stack([k, 1.0 - k])
+    batch = a.shape[0]
+    top = jnp.concatenate([a, -jnp.ones((batch, m, 1), a.dtype)], axis=2)
+    bottom = jnp.concatenate([jnp.ones((batch, 1, m), a.dtype), jnp.zeros((batch, 1, 1), a.dtype)], axis=2)
+    rhs = jnp.concatenate([r.T, jnp.ones((batch, 1), a.dtype)], axis=1)
+    sol = jnp.linalg.solve(jnp.concatenate([top, bottom], axis=1), rhs[..., None])[..., 0]
+    kappa = sol[:, :m].T
+    return jnp.where(jnp.all(jnp.isfinite(kappa), axis=0, keepdims=True), kappa, 1.0 / m)
+
+
+def combine_scores(scores: Array, kappa: Array) -> Array:
+    """s̄ = Σ_i κ_i s_i; scores (M, batch, ...), κ (M, batch) -> (batch, ...)."""
+    return jnp.sum(jnp.reshape(kappa, kappa.shape + (1,) * (scores.ndim - 2)) * scores, axis=0)
+
+
+def _mixture_score(score_fns, log_density_fns, log_weights, temperature, x, t):
+    scores = jnp.stack([s(x, t) for s in score_fns])
+    log_q = jnp.stack([lq(x, t) for lq in log_density_fns])
+    return combine_scores(scores, or_weights(log_q, log_weights, temperature))
+
+
+def mixture_score(score_fns: Sequence, log_density_fns: Sequence, weights: Optional[Sequence[float]] = None,
+                  temperature: float = 1.0):
+    """The OR combinator for models with known log-densities: a score function
+
+        s̄(x, t) = Σ_i softmax_i(T log q_i(x, t) + log w_i) s_i(x, t),
+
+    the exact score of Σ_i w_i q_i when T = 1 (weights normalised). ``score_fns`` and
+    ``log_density_fns`` are callables (x, t) -> (batch, ...) and (batch,). Returns a pytree
+    (:func:`diffjax._jit.bind`) usable with every sampler and under jit."""
+    score_fns, log_density_fns = tuple(score_fns), tuple(log_density_fns)
+    if len(score_fns) < 1 or len(score_fns) != len(log_density_fns):
+        raise ValueError(f"mixture_score needs one log-density per score function; got {len(score_fns)} scores and "
+                         f"{len(log_density_fns)} log-densities")
+    log_w = _log_weights(weights, len(score_fns))
+    return bind(_mixture_score, score_fns, log_density_fns, log_w, _check_temperature(temperature))
+
+
+def _check_temperature(temperature) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 \
+            or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a positive number (1: the mixture); got {temperature!r}")
+    return float(temperature)
+
+
+def _log_weights(weights, m: int) -> Optional[Array]:
+    if weights is None:
+        return None
+    w = np.asarray(weights, np.float64)
+    if w.shape != (m,) or not np.all(np.isfinite(w)) or not np.all(w > 0):
+        raise ValueError(f"weights must be {m} positive numbers, one per model; got {list(np.ravel(w))}")
+    return jnp.asarray(np.log(w / w.sum()), jnp.float32)
+
+
+def _kappa_sde(mode, sde, x, scores, ell, z, t, t_next, log_w, temperature):
+    if mode == "or":
+        return or_weights(ell, log_w, temperature)
+    f, g = sde.drift_diffusion_coeffs(t)
+    dtau = t - t_next
+    d = math.prod(x.shape[1:])
+    fx = expand_to(f, x) * x
+    g2 = expand_to(g**2, x)
+    u = -fx + g2 * scores                                          # (M, batch, ...) each model's reverse drift
+    nd = x.ndim - 1
+    a = jnp.moveaxis(_dot(u[None, :], scores[:, None], nd), -1, 0) * dtau[:, None, None]   # (batch, M_i, M_j)
+    noise = expand_to(g * jnp.sqrt(dtau), x) * z
+    b = d * f * dtau + _dot(noise + (fx - 0.5 * g2 * scores) * expand_to(dtau, x), scores, nd)  # (M, batch)
+    return and_weights(a, -b)
+
+
+def _ode_field(mode, sde, score_fns, x, ell, t, probes, div_kind, log_w, temperature):
+    """(u, dℓ/dt, κ, scores) on the probability-flow path: u = f x - ½ g² s̄ and
+    dℓ_i/dt = -∇·v_i - <s_i, v_i - u> with v_i = f x - ½ g² s_i, ∇·v_i = d f - ½ g² ∇·s_i."""
+    outs = [divergence(lambda y, s=s: s(y, t), x, div_kind, probes) for s in score_fns]
+    scores = jnp.stack([o[0] for o in outs])                       # (M, batch, ...)
+    div_s = jnp.stack([o[1] for o in outs])                        # (M, batch)
+    f, g = sde.drift_diffusion_coeffs(t)
+    nd, d = x.ndim - 1, math.prod(x.shape[1:])
+    half_g2 = 0.5 * g**2
+    v = expand_to(f, x) * x - expand_to(half_g2, x) * scores
+    div_v = d * f - half_g2 * div_s
+    if mode == "or":
+        kappa = or_weights(ell, log_w, temperature)
+    else:
+        a = jnp.moveaxis(_dot(scores[:, None], v[None, :], nd), -1, 0)    # (batch, M_i, M_j) = <s_i, v_j>
+        kappa = and_weights(a, div_v + _dot(scores, v, nd))
+    u = combine_scores(v, kappa)
+    dell = -div_v - _dot(scores, v - u[None], nd)
+    return u, dell, kappa, scores
+
+
+def superposition_sample(sde: SDE, score_fns: Sequence, key: Array, x_init: Array, timesteps: Array, *,
+                         mode: str = "or", weights: Optional[Sequence[float]] = None, temperature: float = 1.0,
+                         ode: bool = False, divergence: str = "rademacher", n_probes: int = 1,
+                         log_q_init: Optional[Array] = None, denoise: bool = True):
+    """Sample the superposition of M >= 2 models of one process (module docstring).
+
+    Args:
+      sde: the process all models were trained for.
+      score_fns: M score functions ``s_i(x, t)`` (pytrees, e.g. ``Partial(score_model, params)``, compile once).
+      key, x_init, timesteps: as :func:`diffjax.samplers.sample` (x_init ~ the prior, grid T -> eps).
+      mode: "or" (the mixture Σ w_i q_i) or "and" (where the densities are equal).
+      weights: OR's mixture weights w_i (default equal); temperature: OR's T (1: the mixture).
+      ode: False (Euler–Maruyama with the forward noise; the Itô estimator tracks ℓ_i, M NFE per step)
+        or True (Heun on the probability flow with divergences, 2 M NFE per step and d
+        Jacobian-vector products each for ``divergence="exact"``, ``n_probes`` for Hutchinson).
+      log_q_init: log q_i,T(x_init) (M, batch); default every model's prior density (equal for all).
+      denoise: finish with Tweedie's denoiser of s̄ (weights from the last step), M more NFE.
+
+    Returns ``(x, log_q, kappa, nfe)``: samples (shape of x_init), the tracked log q_i of each sample
+    at timesteps[-1] (M, batch), the last step's κ (M, batch) and the score evaluations per sample.
+    """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a diffjax process; got {type(sde).__name__}")
+    sde.require_gaussian("superposition (the Itô density estimator)")
+    score_fns = tuple(score_fns) if isinstance(score_fns, (list, tuple)) else None
+    if score_fns is None or len(score_fns) < 2 or not all(callable(s) for s in score_fns):
+        raise TypeError("score_fns must be a list or tuple of at least two score functions s(x, t)")
+    if mode not in MODES:
+        raise ValueError(f"unknown superposition mode {mode!r}; expected one of {MODES}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
+        raise ValueError(f"n_probes must be an integer >= 1; got {n_probes!r}")
+    if mode == "and" and weights is not None:
+        raise ValueError("weights are the OR mixture's; AND takes none")
+    m = len(score_fns)
+    log_w = _log_weights(weights, m)
+    temperature = _check_temperature(temperature)
+    check_x_init(x_init)
+    ts = check_timesteps(timesteps, sde, time_dtype(x_init))
+    keys = _per_example_keys(key, jnp.shape(x_init)[0])
+    tdt = time_dtype(x_init)
+    if log_q_init is None:
+        log_q_init = jnp.broadcast_to(sde.prior_logp(jnp.asarray(x_init, tdt)), (m, jnp.shape(x_init)[0]))
+    elif jnp.shape(log_q_init) != (m, jnp.shape(x_init)[0]):
+        raise ValueError(f"log_q_init must have shape (M, batch) = {(m, jnp.shape(x_init)[0])}; got {jnp.shape(log_q_init)}")
+    x, ell, kappa = _superpose(sde, score_fns, mode, log_w, temperature, bool(ode), divergence, int(n_probes),
+                               bool(denoise), keys, x_init, jnp.asarray(log_q_init, tdt), ts)
+    nfe = (ts.shape[0] - 1) * m * (2 if ode else 1) + (m if denoise else 0)
+    return x, ell, kappa, jnp.asarray(nfe, jnp.int32)
+
+
+@filter_jit
+def _superpose(sde, score_fns, mode, log_w, temperature, ode, div_kind, n_probes, denoise, keys, x_init, ell0, ts):
+    score_fns = tuple(sequenced(s) for s in score_fns)
+    n = x_init.shape[0]
+    tdt = ts.dtype
+    kappa0 = jnp.full((len(score_fns), n), 1.0 / len(score_fns), tdt)
+
+    def all_scores(x, t):
+        return jnp.stack([s(x, t) for s in score_fns]).astype(tdt)
+
+    def sde_step(x, ell, ks, t, t_next):
+        scores = all_scores(x, t)
+        z = normal_like(ks, x).astype(tdt)
+        kappa = _kappa_sde(mode, sde, x, scores, ell, z, t, t_next, log_w, temperature)
+        f, g = sde.drift_diffusion_coeffs(t)
+        dtau = expand_to(t - t_next, x)
+        drift = -expand_to(f, x) * x + expand_to(g**2, x) * combine_scores(scores, kappa)
+        x_next = x + drift * dtau + expand_to(g, x) * jnp.sqrt(dtau) * z
+        ell = ell + jax.vmap(lambda s: ito_log_density_increment(sde, x, x_next, s, t, t_next))(scores)
+        return x_next, ell, kappa
+
+    def ode_step(x, ell, ks, t, t_next):
+        probes = draw_probes(ks, x, div_kind, n_probes)
+        h = t_next - t
+        u1, d1, kappa, _ = _ode_field(mode, sde, score_fns, x, ell, t, probes, div_kind, log_w, temperature)
+        x_e, ell_e = x + expand_to(h, x) * u1, ell + h * d1
+        u2, d2, _, _ = _ode_field(mode, sde, score_fns, x_e, ell_e, t_next, probes, div_kind, log_w, temperature)
+        return x + expand_to(0.5 * h, x) * (u1 + u2), ell + 0.5 * h * (d1 + d2), kappa
+
+    step = ode_step if ode else sde_step
+
+    def body(carry, inputs):
+        x, ell, _ = carry
+        k, t, t_next = inputs
+        tb, tnb = jnp.full((n,), t, tdt), jnp.full((n,), t_next, tdt)
+        x_next, ell, kappa = step(x.astype(tdt), ell, fold_keys(keys, k), tb, tnb)
+        return (x_next.astype(x_init.dtype), ell.astype(tdt), kappa.astype(tdt)), None
+
+    (x, ell, kappa), _ = jax.lax.scan(body, (x_init, ell0, kappa0), (jnp.arange(ts.shape[0] - 1), ts[:-1], ts[1:]))
+    if denoise:
+        t_end = jnp.full((n,), ts[-1], tdt)
+        k_end = or_weights(ell, log_w, temperature) if mode == "or" else kappa
+        a, s = sde.marginal_coeffs(t_end)
+        x = x0_from_score(combine_scores(all_scores(x, t_end), k_end), x.astype(tdt), a, s).astype(x_init.dtype)
+    return x, ell, kappa
