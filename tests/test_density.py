@@ -51,7 +51,8 @@ def test_ito_estimator_bias_falls_like_1_over_n_and_spread_like_n_to_minus_half(
     assert 2.5 < coarse.std() / fine.std() < 4.2                 # spread ~ N^-1/2: sqrt(10) = 3.16
 
 
-@pytest.mark.parametrize("step,form", [("reverse_diffusion", "kernel"), ("reverse_diffusion", "euler"),
+@pytest.mark.parametrize("step,form", [("reverse_diffusion", "kernel"),
+                                       pytest.param("reverse_diffusion", "euler", marks=pytest.mark.slow),
                                        ("euler_maruyama", "kernel")])
 def test_ito_estimator_forms_and_steps(step, form):
     up, _ = _pair()
@@ -159,7 +160,7 @@ def test_and_samples_the_equal_density_set():
     assert drift.max() < 1e-3                                                             # O1.6 (float32)
 
 
-@pytest.mark.parametrize("mode", ["or", "and"])
+@pytest.mark.parametrize("mode", [pytest.param("or", marks=pytest.mark.slow), "and"])
 def test_superposition_on_the_probability_flow(mode):
     up, down, x, _, log_q, nfe = _superpose(mode, n=1000, n_steps=200, ode=True, divergence="exact")
     assert nfe == 800
