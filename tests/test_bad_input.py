@@ -174,7 +174,13 @@ CLI_CASES = [
     ("image metrics of a toy", ["evaluate", "--workdir", "{run}", "--num", "4"], "evaluate scores images"),
     ("overrides outside train", ["sample", "--workdir", "{run}", "--config.seed=1"], "apply to `diffjax train` only"),
     ("unknown command", ["frobnicate"], "invalid choice: 'frobnicate'"),
-    ("unknown flag", ["sample", "--workdir", "{run}", "--temperature", "2"], "unrecognised arguments"),
+    ("unknown flag", ["sample", "--workdir", "{run}", "--heat", "2"], "unrecognised arguments"),
+    ("superposing one run", ["sample", "--workdir", "{run}", "--superpose", "or"], "two or more runs"),
+    ("two runs without --superpose", ["sample", "--workdir", "{run}", "--workdir", "{run}"], "needs --superpose or|and"),
+    ("an unknown superposition", ["sample", "--workdir", "{run}", "--workdir", "{run}", "--superpose", "xor"],
+     "argument --superpose: invalid choice: 'xor'"),
+    ("OR weights that are not numbers", ["sample", "--workdir", "{run}", "--workdir", "{run}", "--superpose", "or",
+                                         "--weights", "a,b"], "--weights must be comma-separated numbers"),
 ]
 
 
