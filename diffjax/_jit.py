@@ -108,7 +108,7 @@ class Bound:
     **kwargs)``. A pytree whose leaves are the arrays in ``fn``, ``args`` and ``kwargs``; the rest is
     its static structure (compared by value). Build with :func:`bind`."""
 
-    __slots__ = ("_static", "_arrays")
+    __slots__ = ("_static", "_arrays", "__weakref__")  # __weakref__: jax.jit(bound) works
 
     def __init__(self, fn: Callable, *args, **kwargs):
         if not callable(fn):

@@ -128,7 +128,7 @@ def test_mixture_score_identity():
     x = 2.5 * jax.random.normal(jax.random.PRNGKey(4), (256, 2))
     for t in (0.01, 0.3, 0.9):
         tb = jnp.full((256,), t)
-        np.testing.assert_allclose(np.asarray(jax.jit(lambda x_, t_: score(x_, t_))(x, tb)), np.asarray(combined.score(x, SDE, tb)),
+        np.testing.assert_allclose(np.asarray(jax.jit(score)(x, tb)), np.asarray(combined.score(x, SDE, tb)),
                                    rtol=1e-4, atol=1e-5)
 
 
