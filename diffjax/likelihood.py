@@ -21,6 +21,7 @@ import numpy as np
 
 from diffjax._jit import filter_jit
 from diffjax.samplers.base import _per_example_keys, sequenced
+from diffjax.samplers.density import divergence as divergence_of
 from diffjax.samplers.ode import (_BATCHED_TABLEAUX, check_solver_options, probability_flow_drift, solve_adaptive,
                                   solve_batched)
 from diffjax.sde import SDE
@@ -130,7 +131,6 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, ep
                     solver="diffrax"):
     score_fn = sequenced(score_fn)
     data_shape = x.shape[1:]
-    d = math.prod(data_shape)
     probes = _probes(keys, data_shape, n_probes, divergence, x.dtype)
 
     def augmented(t, state, probe):
@@ -143,19 +143,7 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, ep
         def drift(y_):
             return probability_flow_drift(sde, score_fn, y_, t_b)
 
-        if n_probes == 1 and divergence != "exact":  # one probe: a plain JVP, no linearisation
-            drift_y, jv = jax.jvp(drift, (y,), (probe[:, 0],))
-            return drift_y, jnp.sum((probe[:, 0] * jv).reshape(n, -1), axis=1)
-        drift_y, jvp = jax.linearize(drift, y)
-        if divergence == "exact":  # column i of every example's Jacobian is J e_i
-            basis = jnp.broadcast_to(jnp.eye(d, dtype=y.dtype).reshape((d, 1) + data_shape), (d, n) + data_shape)
-            cols = jax.vmap(jvp)(basis).reshape(d, n, d)
-            div = jnp.einsum("ini->n", cols)
-        else:
-            v = jnp.moveaxis(probe, 1, 0)  # (n_probes, n, ...)
-            jv = jax.vmap(jvp)(v)
-            div = jnp.mean(jnp.sum((v * jv).reshape(n_probes, n, -1), axis=2), axis=0)
-        return drift_y, div
+        return divergence_of(drift, y, divergence, None if divergence == "exact" else jnp.moveaxis(probe, 1, 0))
 
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
     if solver == "batched":

@@ -200,6 +200,9 @@ def divergence(fn, x: Array, kind: str = "exact", probes: Optional[Array] = None
     depending on that example only. ``kind`` "exact": the trace of each example's Jacobian (d
     forward-mode products); "rademacher" / "gaussian": Hutchinson's estimate mean_k v_kᵀ J v_k
     over ``probes`` (n_probes, batch, ...)."""
+    if kind != "exact" and probes is not None and probes.shape[0] == 1:  # one probe: a plain JVP
+        out, jv = jax.jvp(fn, (x,), (probes[0],))
+        return out, jnp.sum((probes[0] * jv).reshape(x.shape[0], -1), axis=1)
     out, jvp = jax.linearize(fn, x)
     if kind == "exact":
         d = math.prod(x.shape[1:])
