@@ -71,16 +71,27 @@ def _node_types(treedef) -> tuple:
 
 
 def _partition(tree: Any):
-    """(static, arrays): a hashable description of everything but the arrays, and the arrays."""
+    """(static, arrays): a hashable description of everything but the arrays, and the arrays.
+
+    An array object that occurs more than once (a mixture held by both a score and its divergence
+    function) is passed once and each occurrence refers to it by position, so the compiled program
+    sees one operand and XLA can share the computations that depend on it."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    statics = tuple(None if is_array(leaf) else _Static(leaf) for leaf in leaves)
-    return (treedef, _node_types(treedef), statics), [leaf for leaf in leaves if is_array(leaf)]
+    arrays, position, statics = [], {}, []
+    for leaf in leaves:
+        if is_array(leaf):
+            if id(leaf) not in position:
+                position[id(leaf)] = len(arrays)
+                arrays.append(leaf)
+            statics.append(position[id(leaf)])
+        else:
+            statics.append(_Static(leaf))
+    return (treedef, _node_types(treedef), tuple(statics)), arrays
 
 
 def _combine(static, arrays):
     treedef, _, statics = static
-    it = iter(arrays)
-    return jax.tree_util.tree_unflatten(treedef, [next(it) if s is None else s.value for s in statics])
+    return jax.tree_util.tree_unflatten(treedef, [arrays[s] if isinstance(s, int) else s.value for s in statics])
 
 
 def filter_jit(fun: Callable) -> Callable:

@@ -210,3 +210,24 @@ def test_jit_grad_and_vmap_around_the_driver():
         step = S.dpmpp_2m_sde(sde)
         many = jax.vmap(lambda k: S.sample(step, gm.score_fn(sde), k, x0, ts)[0])(keys)
         np.testing.assert_allclose(many[1], S.sample(step, gm.score_fn(sde), keys[1], x0, ts)[0], rtol=1e-10)
+
+
+def test_an_array_passed_twice_is_one_operand():
+    """filter_jit passes an array object that occurs in several arguments once (so XLA can share
+    the work that depends on it, as for a mixture held by both a score and its divergence), and
+    equal values in distinct arrays still give the same result under their own program."""
+    from diffjax._jit import _partition, filter_jit
+
+    @filter_jit
+    def f(a, b):
+        return jnp.sum(jnp.sin(a) * jnp.cos(b))
+
+    a = jnp.linspace(0.0, 1.0, 7)
+    b = jnp.array(a)  # equal values, a distinct array
+    assert len(_partition(((a, a), {}))[1]) == 1 and len(_partition(((a, b), {}))[1]) == 2
+    same, distinct = f(a, a), f(a, b)
+    expected = float(np.sum(np.sin(np.asarray(a)) * np.cos(np.asarray(a))))
+    np.testing.assert_allclose([float(same), float(distinct)], [expected, expected], rtol=1e-5)
+    assert f.cache_size() == 2  # the sharing pattern is part of the program's key
+    f(b, b)
+    assert f.cache_size() == 2  # same pattern, same program

@@ -23,3 +23,30 @@ def test_samplers_with_a_lapack_score_return_at_a_batch_of_4096():
     assert out.returncode == 0, out.stderr[-3000:]
     returned = [line.split()[0] for line in out.stdout.splitlines() if " returned in " in line]
     assert tuple(returned) == PATTERNS, out.stdout
+
+
+def test_only_scores_with_blocking_kernels_are_ordered():
+    """The ordering that prevents the deadlock (samplers.base._after) serialises a step's independent
+    work, so `sequenced` applies it only to scores whose trace holds LAPACK or FFT kernels: the
+    mixture score (eigenpairs precomputed) and a plain network-like map run unordered; solve,
+    cholesky inside a nested jit, and an FFT are detected."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    import jax
+    import jax.numpy as jnp
+    from hang_check import score_fn as lapack_score
+    from helpers import mixture_2d
+
+    from diffjax import VPSDE
+    from diffjax.samplers.base import needs_ordering
+
+    x, t = jnp.ones((4, 3)), jnp.full((4,), 0.5)
+    x2 = jnp.ones((4, 2))
+    w = jnp.ones((3, 3))
+    assert not needs_ordering(mixture_2d().score_fn(VPSDE()), x2, t)
+    assert not needs_ordering(lambda x, t: jnp.tanh(x @ w) * t[:, None], x, t)
+    assert needs_ordering(lapack_score, x, t)
+    nested = jax.jit(lambda y: jnp.linalg.cholesky(jnp.eye(3) + y[:, :, None] * y[:, None, :]).sum(-1))
+    assert needs_ordering(lambda x, t: nested(x) * t[:, None], x, t)
+    assert needs_ordering(lambda x, t: jnp.fft.fft(x).real, x, t)
+    # a score that cannot be traced here keeps the safe ordering (and its own error surfaces later)
+    assert needs_ordering(lambda x, t: x @ jnp.ones((5, 5)), x, t)

@@ -199,10 +199,6 @@ def _rk_forward(field, y0, t0, t1, method, rtol, atol, max_steps, per_example, r
     def body(state):
         t, y, k1, h, n, nfe, done = state
         h = jnp.where(done, 0.0, jnp.minimum(h, t1 - t))
-        # the stages run in a fori_loop, so the field is compiled once in the step (a network is
-        # otherwise compiled stages - 1 times); k holds every stage, rows of a_full weight them
-        k = tmap(lambda v: jnp.zeros((stages,) + v.shape, v.dtype).at[0].set(v), k1)
-
         def stage(i, k):
             w = a_full[i]
             yi = tmap(lambda y_, k_: y_ + (_bcast(h, y_) * jnp.tensordot(w.astype(k_.dtype), k_, axes=1)).astype(y_.dtype),
@@ -211,15 +207,25 @@ def _rk_forward(field, y0, t0, t1, method, rtol, atol, max_steps, per_example, r
             return tmap(lambda k_, v: k_.at[i].set(v), k, ki)
 
         if roll_stages:
+            # the stages run in a fori_loop, so the field is compiled once in the step (a network is
+            # otherwise compiled stages - 1 times); k holds every stage, rows of a_full weight them
+            k = tmap(lambda v: jnp.zeros((stages,) + v.shape, v.dtype).at[0].set(v), k1)
             k = jax.lax.fori_loop(1, stages, stage, k)
-        else:  # unrolled: cheaper per step for small fields, where per-op overhead dominates
+            y_new = tmap(lambda y_, k_: y_ + (_bcast(h, y_) * jnp.tensordot(jnp.asarray(b_sol, k_.dtype), k_, axes=1)
+                                               ).astype(y_.dtype), y, k)  # = the last stage's input (FSAL)
+            err_y = tmap(lambda k_: _bcast(h, k_[0]) * jnp.tensordot(jnp.asarray(b_err, k_.dtype), k_, axes=1), k)
+            k_last = tmap(lambda k_: k_[-1], k)
+        else:
+            # unrolled, each stage's input a sum over the nonzero coefficients only: every combination
+            # is one elementwise fusion, with no stacked stage buffer to update and contract (which
+            # cost as much as a small field's evaluation)
+            ks = [k1]
             for i in range(1, stages):
-                k = stage(i, k)
-        y_new = tmap(lambda y_, k_: y_ + (_bcast(h, y_) * jnp.tensordot(jnp.asarray(b_sol, k_.dtype), k_, axes=1)
-                                           ).astype(y_.dtype), y, k)  # = the last stage's input (FSAL)
-        err_y = tmap(lambda k_: _bcast(h, k_[0]) * jnp.tensordot(jnp.asarray(b_err, k_.dtype), k_, axes=1), k)
+                ks.append(field(t + c[i] * h, combine(y, ks, a_rows[i - 1], h)))
+            y_new = combine(y, ks, b_sol, h)  # = the last stage's input (FSAL)
+            err_y = combine(tmap(jnp.zeros_like, y), ks, b_err, h)
+            k_last = ks[-1]
         err = _scaled_rms(err_y, y, y_new, rtol, atol, batch)
-        ks = [None] * (stages - 1) + [tmap(lambda k_: k_[-1], k)]
         if not per_example:  # one step for the batch, every example within tolerance
             err = jnp.full_like(err, jnp.max(jnp.where(done, 0.0, err)))
         accept = (err <= 1.0) & ~done
@@ -228,7 +234,7 @@ def _rk_forward(field, y0, t0, t1, method, rtol, atol, max_steps, per_example, r
         arrived = t1 - t_new <= 1e-6 * span
         t_new = jnp.where(arrived, t1, t_new)
         nfe = nfe + jnp.where(done, 0, stages - 1)
-        return (t_new, select(accept, y_new, y), select(accept, ks[-1], k1), h * factor, n + 1, nfe,
+        return (t_new, select(accept, y_new, y), select(accept, k_last, k1), h * factor, n + 1, nfe,
                 done | (accept & arrived))
 
     state = (jnp.full((batch,), t0, dtype), y0, k0, h0, jnp.int32(0), jnp.full((batch,), 2, jnp.int32),
