@@ -5,8 +5,8 @@ variables gives along the flow x(t) (Chen et al. 2018; Song et al. 2021, eq. 39)
 
     log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt.
 
-:func:`log_likelihood` integrates the augmented state [x, int div f~] from eps to T with diffrax
-inside jit and returns logp = prior_logp(x(T)) + int div f~: the exact log-density of the model's
+:func:`log_likelihood` integrates the augmented state [x, int div f~] from eps to T on device, in
+one ``lax.while_loop`` (or with diffrax), and returns logp = prior_logp(x(T)) + int div f~: the exact log-density of the model's
 t = eps marginal when the score is exact, up to the prior mismatch log p_T - prior_logp (which is
 negligible for VP and sub-VP at T = 1, and not for VE with a small sigma_max).
 """
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax._jit import filter_jit
-from diffjax.samplers.base import _per_example_keys, sequenced
+from diffjax.samplers.base import _after, _per_example_keys, needs_ordering, sequenced
 from diffjax.samplers.density import divergence as divergence_of
 from diffjax.samplers.ode import (_BATCHED_TABLEAUX, check_solver_options, probability_flow_drift, solve_adaptive,
                                   solve_batched)
@@ -47,8 +47,9 @@ def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, metho
                         "(integer levels go through bits_per_dim)")
     if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
         raise ValueError("x holds NaN or Inf; the likelihood needs finite data")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+    if not callable(divergence) and divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES} or a function "
+                         "div_fn(x, t) -> (batch,) giving the score's divergence")
     if not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes must be an integer >= 1; got {n_probes!r}")
     if solver not in SOLVERS:
@@ -87,7 +88,10 @@ def log_likelihood(
       divergence: "rademacher" or "gaussian" (Hutchinson–Skilling: div f~ ~ v^T (df~/dx) v with a
         probe v drawn once and fixed over the whole solve, averaged over ``n_probes`` probes; one
         Jacobian-vector product each) or "exact" (the trace of the full Jacobian: d products; for
-        low dimension).
+        low dimension), or a function ``div_fn(x, t)`` -> (batch,) giving the score's divergence
+        ∇·s in closed form (e.g. ``GaussianMixture.score_divergence_fn(sde)``): then
+        div f~ = d f(t) - g(t)^2 div_fn(x, t) / 2 and an evaluation costs a score and div_fn, not d
+        products. At d >= 16 the d products are most of the solve's time.
       rtol, atol: the step controller's tolerances; the error norm covers x and the integral.
       eps: start time (1e-5, as the original).
       method: "tsit5" or "dopri5" (fifth order), or "bosh3" (third order; batched solver only).
@@ -107,7 +111,7 @@ def log_likelihood(
 
     Returns ``(logp, z, nfe)``: logp (batch,) = prior_logp(z) + int_eps^T div f~ dt; z = x(T), the
     latent (shape of x); nfe (batch,): evaluations of the augmented vector field per example (each
-    is one score evaluation with ``n_probes`` JVPs, or d for "exact").
+    is one score evaluation with ``n_probes`` JVPs, d for "exact", or a score and ``div_fn`` for a function).
     """
     _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method, solver)
     keys = _per_example_keys(key, jnp.shape(x)[0])
@@ -131,7 +135,12 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, ep
                     solver="diffrax"):
     score_fn = sequenced(score_fn)
     data_shape = x.shape[1:]
-    probes = _probes(keys, data_shape, n_probes, divergence, x.dtype)
+    closed_form = callable(divergence)
+    # (probes are unused by the exact and closed-form divergences; drawn anyway, the solve's args stay one shape)
+    probes = _probes(keys, data_shape, n_probes, "rademacher" if closed_form else divergence, x.dtype)
+
+    def div_fn(y, t):  # ordered after its input when it needs it, like the score (samplers.base.sequenced)
+        return divergence(y, _after(t, y) if needs_ordering(divergence, y, t) else t)
 
     def augmented(t, state, probe):
         """(f~(y, t), div f~) for a batch y (n, *data_shape) and its probes (n, n_probes, *data_shape);
@@ -143,6 +152,13 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, ep
         def drift(y_):
             return probability_flow_drift(sde, score_fn, y_, t_b)
 
+        if closed_form:  # div f~ = d f(t) - g(t)^2 div s / 2 for the linear drift f(t) x
+            div_s = div_fn(y, t_b)
+            if jnp.shape(div_s) != (n,):
+                raise ValueError(f"the divergence function must return one value per example, shape ({n},); "
+                                 f"got {jnp.shape(div_s)}")
+            f_t, g_t = sde.drift_diffusion_coeffs(t_b)
+            return drift(y), (math.prod(data_shape) * f_t - 0.5 * g_t**2 * div_s).astype(y.dtype)
         return divergence_of(drift, y, divergence, None if divergence == "exact" else jnp.moveaxis(probe, 1, 0))
 
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))

@@ -132,6 +132,29 @@ class GaussianMixture:
         resp = jax.nn.softmax(log_comp, axis=-1)
         return -jnp.einsum("bk,bkd->bd", resp, prec_diff)
 
+    def score_divergence(self, x: Array, sde: SDE | None = None, t: Array | None = None) -> Array:
+        """The divergence (Laplacian of log p) ∇·s(x) (B,) in closed form, at the cost of one score.
+
+        With responsibilities r_k, precisions P_k = C_k^{-1} and g_k = -P_k (x - a mu_k), the score's
+        Jacobian is sum_k r_k (g_k g_k^T - P_k) - s s^T, so
+
+            ∇·s = sum_k r_k (|g_k|^2 - tr P_k) - |s|^2,
+
+        each term diagonal in C_k's eigenbasis. The exact divergence by automatic differentiation
+        costs d Jacobian-vector products instead (see :func:`diffjax.likelihood.log_likelihood`).
+        """
+        a, s = self._coeffs(sde, x, t)
+        log_comp, prec_diff = self._components(x, a, s)
+        lam = (self.eig[0] if self.eig is not None else jnp.linalg.eigvalsh(self.covs)).astype(x.dtype)
+        trace_prec = jnp.sum(1.0 / (a[:, None, None] ** 2 * lam[None] + s[:, None, None] ** 2), axis=-1)  # (B, K)
+        resp = jax.nn.softmax(log_comp, axis=-1)
+        score = -jnp.einsum("bk,bkd->bd", resp, prec_diff)
+        return jnp.sum(resp * (jnp.sum(prec_diff**2, axis=-1) - trace_prec), axis=-1) - jnp.sum(score**2, axis=-1)
+
+    def score_divergence_fn(self, sde: SDE) -> Bound:
+        """``div_fn(x, t)`` = ∇·s of the process's marginals (B,), for ``log_likelihood(divergence=...)``."""
+        return bind(_mixture_score_divergence, self, sde)
+
     def score_fn(self, sde: SDE) -> Bound:
         """The exact score of the process's marginals, ``score_fn(x, t)``: a pytree whose leaves are
         the mixture's arrays (see :func:`diffjax._jit.bind`), so samplers compile once for it."""
@@ -143,3 +166,7 @@ jax.tree_util.register_dataclass(GaussianMixture, data_fields=["weights", "means
 
 def _mixture_score(mixture: GaussianMixture, sde: SDE, x: Array, t: Array) -> Array:
     return mixture.score(x, sde, t)
+
+
+def _mixture_score_divergence(mixture: GaussianMixture, sde: SDE, x: Array, t: Array) -> Array:
+    return mixture.score_divergence(x, sde, t)

@@ -4,15 +4,26 @@
 
 The original (score_sde) integrated the augmented probability-flow ODE [x, int div f~] on the host
 with scipy's solve_ivp (RK45), calling a jitted augmented drift at every evaluation. Both designs
-get the same score, the same batch, the same divergence (exact for the mixtures; for the network the
-same Rademacher probes). Cases: Gaussian mixtures in d = 2, 16, 64 (exact score and exact
-log-density, VP) and the digits DDPM++ (8x8, randomly initialised; no exact density, so its "error"
-is against a tight-tolerance reference solve with the same probes).
+get the same score, the same batch, the same divergence (exact for the mixtures, by d Jacobian-vector
+products, and again with the score's divergence in closed form; for the network the same Rademacher
+probes). Cases: Gaussian mixtures in d = 2, 16, 64 at batch 64 and in d = 3 at a
+user's batch of 1024 (exact score and exact log-density, VP) and the digits DDPM++ (8x8, randomly
+initialised; no exact density, so its "error" is against a tight-tolerance reference solve with the
+same probes).
 
-Each design is swept over tolerances (rtol = atol); "matched error" picks, for each, the loosest
-tolerance whose max |NLL error| over the batch is within the target (nats/dim), and the speed-up is
-the ratio of their wall times (median of repeats after compilation). Our compile time is reported
-separately. Prior mismatch (log p_T - prior_logp, known exactly for the mixtures) is removed.
+Each design is swept over tolerances (rtol = atol, half decades); "matched error" picks, for each,
+its fastest run whose max |NLL error| over the batch is within the target (nats/dim: 1e-3, and
+the issue's bound 1e-2 in the last column), and the speed-up is the ratio of their wall times
+(median of repeats after compilation). Our compile time is reported separately. Prior mismatch
+(log p_T - prior_logp, known exactly for the mixtures) is removed.
+
+"eval share" s is the part of the host loop's time spent computing the augmented drift itself:
+NFE x t_eval / the loop's wall time, t_eval being one evaluation on the device with calls queued
+back to back (no per-call dispatch wait or copy). The rest, 1 - s, is the loop's own overhead
+(scipy's Python, dispatch, host copies): all that moving the loop onto the device removes. A design
+that evaluates the same function NFE_ours times at no less than t_eval each is therefore at most
+(NFE_host / NFE_ours) / s times faster; where s is near 1 (the exact divergence's d Jacobian-vector
+products at d >= 16, a network on CPU) only fewer or cheaper evaluations can help.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers import mixture_16d, mixture_2d  # noqa: E402
+from helpers import mixture_16d, mixture_2d, mixture_3d  # noqa: E402
 
 from diffjax import GaussianMixture, VPSDE  # noqa: E402
 from timing import median_time  # noqa: E402
@@ -58,6 +69,9 @@ def make_augmented_drift(sde, score_fn, shape, probes, divergence):
         def drift(x_):
             return probability_flow_drift(sde, score_fn, x_, tb)
 
+        if callable(divergence):  # the score's divergence in closed form: d f(t) - g(t)^2 div s / 2
+            f_t, g_t = sde.drift_diffusion_coeffs(tb)
+            return drift(y), d * f_t - 0.5 * g_t**2 * divergence(y, tb)
         if divergence == "exact":
             f, jvp = jax.linearize(drift, y)
             basis = jnp.broadcast_to(jnp.eye(d).reshape((d, 1) + shape[1:]), (d,) + shape)
@@ -68,6 +82,16 @@ def make_augmented_drift(sde, score_fn, shape, probes, divergence):
         return f, div
 
     return aug_drift
+
+
+def eval_time(aug_drift, x, calls=50):
+    """Seconds per augmented-drift evaluation on the device, calls queued back to back."""
+    jax.block_until_ready(aug_drift(x, 0.5))
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        out = aug_drift(x, 0.5)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / calls
 
 
 def scipy_log_likelihood(sde, aug_drift, x, tol):
@@ -89,7 +113,7 @@ def scipy_log_likelihood(sde, aug_drift, x, tol):
     return logp, z, counter["n"]
 
 
-def mixture_case(label, gm, batch):
+def mixture_case(label, gm, batch, closed_form=False):
     sde = VPSDE()
     d = gm.dim
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
@@ -102,7 +126,8 @@ def mixture_case(label, gm, batch):
         mismatch = np.asarray(gm.log_prob(z, sde, jnp.full((batch,), 1.0)) - sde.prior_logp(z), np.float64)
         return float(np.max(np.abs(np.asarray(logp, np.float64) + mismatch - exact)) / d)
 
-    return dict(label=label, sde=sde, score_fn=gm.score_fn(sde), x=x, err=err, divergence="exact")
+    divergence = gm.score_divergence_fn(sde) if closed_form else "exact"
+    return dict(label=label, sde=sde, score_fn=gm.score_fn(sde), x=x, err=err, divergence=divergence)
 
 
 def digits_case(batch, ref_tol):
@@ -128,13 +153,14 @@ def digits_case(batch, ref_tol):
                 key=key)
 
 
-def run_case(case, tols_scipy, tols_ours, target, repeats, verbose):
+def run_case(case, tols_scipy, tols_ours, targets, repeats, verbose):
     sde, score_fn, x, err, divergence = (case[k] for k in ("sde", "score_fn", "x", "err", "divergence"))
     batch = x.shape[0]
     key = case.get("key", jax.random.PRNGKey(1))
     # our probes, so both designs estimate the same integral
     probes = jax.vmap(lambda k: jax.random.rademacher(k, (1,) + x.shape[1:], jnp.float32))(example_keys(key, batch))[:, 0]
     aug = make_augmented_drift(sde, score_fn, x.shape, probes, divergence)
+    t_eval = eval_time(aug, x)
     rows_s, rows_o = [], []
     for tol in tols_scipy:
         lp, z, nfe = scipy_log_likelihood(sde, aug, x, tol)
@@ -155,13 +181,16 @@ def run_case(case, tols_scipy, tols_ours, target, repeats, verbose):
                 print(f"    {name:<10} tol {r[0]:.0e}: {1e3 * r[1]:8.1f} ms  NFE {r[2]:5d}  err {r[3]:.1e}"
                       + (f"  compile {r[4]:.1f} s" if len(r) > 4 else ""))
 
-    def pick(rows):
+    def pick(rows, target):  # the fastest run within the target (ties: the loosest tolerance)
         ok = [r for r in rows if r[3] <= target]
-        return ok[0] if ok else rows[-1]
+        return min(ok, key=lambda r: r[1]) if ok else rows[-1]
 
-    s, o = pick(rows_s), pick(rows_o)
-    print(f"{case['label']:<21}{x.shape[0]:>5}{s[0]:>8.0e}{1e3 * s[1]:>9.1f}{s[2]:>6}{s[3]:>9.1e} |"
-          f"{o[0]:>8.0e}{1e3 * o[1]:>9.1f}{o[2]:>6}{o[3]:>9.1e}{o[4]:>8.1f} | {s[1] / o[1]:>7.1f}x")
+    s, o = pick(rows_s, targets[0]), pick(rows_o, targets[0])
+    s2, o2 = pick(rows_s, targets[1]), pick(rows_o, targets[1])
+    share = s[2] * t_eval / s[1]
+    print(f"{case['label']:<24}{x.shape[0]:>5}{s[0]:>8.0e}{1e3 * s[1]:>9.1f}{s[2]:>6}{s[3]:>9.1e} |"
+          f"{o[0]:>8.0e}{1e3 * o[1]:>9.1f}{o[2]:>6}{o[3]:>9.1e}{o[4]:>8.1f} | {s[1] / o[1]:>7.1f}x"
+          f"{100 * share:>7.0f}% | {s2[1] / o2[1]:>6.1f}x", flush=True)
 
 
 def main():
@@ -169,29 +198,39 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="print every tolerance of the sweeps")
     args = ap.parse_args()
-    target = 1e-3  # nats/dim: the matched error (the issue's bound for exactness is 1e-2)
+    targets = (1e-3, 1e-2)  # nats/dim: the matched error, and the issue's bound for exactness
+    half_decades = [1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6]
     if args.quick:
-        batch, repeats, net_batch = 8, 2, 2
+        repeats, net_batch = 2, 2
         tols_s, tols_o = [1e-4, 1e-5], [1e-3, 1e-4]
-        cases = [(2, mixture_2d()), (16, mixture_16d()), (64, mixture_64d())]
+        cases = [(2, mixture_2d(), 8), (16, mixture_16d(), 8), (64, mixture_64d(), 8)]
     else:
-        batch, repeats, net_batch = 64, 5, 8
-        tols_s, tols_o = [1e-3, 1e-4, 1e-5, 1e-6], [1e-3, 1e-4, 1e-5, 1e-6]
-        cases = [(2, mixture_2d()), (16, mixture_16d()), (64, mixture_64d())]
+        repeats, net_batch = 5, 8
+        tols_s = tols_o = half_decades
+        # batch 64 in d = 2, 16, 64 (the original's setting), and a user's batch of the 3-D mixture
+        cases = [(2, mixture_2d(), 64), (3, mixture_3d(), 1024), (16, mixture_16d(), 64), (64, mixture_64d(), 64)]
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores; VP, exact divergence for "
-          f"the mixtures; matched error: the loosest tolerance with max |NLL error| <= {target:g} nats/dim")
-    print(f"{'case':<21}{'batch':>5}{'tol':>8}{'ms':>9}{'NFE':>6}{'err':>9} |{'tol':>8}{'ms':>9}{'NFE':>6}{'err':>9}"
-          f"{'comp s':>8} | speed-up")
-    print(f"{'':26}original: scipy RK45 on host   | ours: batched Tsit5 in one while_loop")
-    for d, gm in cases:
-        run_case(mixture_case(f"mixture d={d}", gm, batch), tols_s, tols_o, target, repeats, args.verbose)
-    net_tols_s, net_tols_o = ([1e-3], [1e-3]) if args.quick else ([1e-3, 1e-4], [1e-3, 1e-4])
+          f"the mixtures; matched error: the fastest run with max |NLL error| <= {targets[0]:g} nats/dim "
+          f"(last column: <= {targets[1]:g})")
+    print(f"{'case':<24}{'batch':>5}{'tol':>8}{'ms':>9}{'NFE':>6}{'err':>9} |{'tol':>8}{'ms':>9}{'NFE':>6}{'err':>9}"
+          f"{'comp s':>8} | speed-up  eval share | at {targets[1]:g}")
+    print(f"{'':29}original: scipy RK45 on host   | ours: batched Tsit5 in one while_loop")
+    for d, gm, batch in cases:
+        run_case(mixture_case(f"mixture d={d}", gm, batch), tols_s, tols_o, targets, repeats, args.verbose)
+    # the same mixtures with the score's divergence in closed form (one score's cost, not d JVPs):
+    # what is left to compare is the loop itself
+    for d, gm, batch in cases[1:]:
+        run_case(mixture_case(f"  closed-form div d={d}", gm, batch, closed_form=True), tols_s, tols_o, targets,
+                 repeats, args.verbose)
+    net_tols_s = net_tols_o = [1e-3] if args.quick else [1e-3, 3e-4, 1e-4]
     ref_tol = 1e-5 if args.quick else 1e-7
-    run_case(digits_case(net_batch, ref_tol), net_tols_s, net_tols_o, target, max(1, repeats // 2), args.verbose)
+    run_case(digits_case(net_batch, ref_tol), net_tols_s, net_tols_o, targets, max(1, repeats // 2), args.verbose)
     print(f"err: max over the batch of |log p - exact| / d (nats/dim); for the network against our rtol = atol = {ref_tol:g}\n"
           "solve with the same Rademacher probes. NFE: evaluations of the batched augmented drift (ours: the\n"
           "slowest example's count; each example has its own step control). ms: wall time after compilation;\n"
-          "comp s: our first call (trace + compile + run).")
+          "comp s: our first call (trace + compile + run). eval share: the host loop's time in the evaluations\n"
+          "themselves (see the module docstring); the speed-up at equal NFE cannot exceed 1 / share.\n"
+          "closed-form div: divergence=GaussianMixture.score_divergence_fn(sde) in both designs.")
 
 
 if __name__ == "__main__":
