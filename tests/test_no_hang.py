@@ -50,3 +50,26 @@ def test_only_scores_with_blocking_kernels_are_ordered():
     assert needs_ordering(lambda x, t: jnp.fft.fft(x).real, x, t)
     # a score that cannot be traced here keeps the safe ordering (and its own error surfaces later)
     assert needs_ordering(lambda x, t: x @ jnp.ones((5, 5)), x, t)
+
+
+def test_the_ordering_decision_is_traced_once_per_structure():
+    """needs_ordering remembers its answer per function and argument shapes: a network is traced
+    once more per compile, not at every score call in a step (a second parameter set of the same
+    shapes reuses it; a new batch size looks again)."""
+    import jax
+    import jax.numpy as jnp
+
+    from diffjax.samplers.base import needs_ordering
+
+    traces = []
+
+    def score(params, x, t):
+        traces.append(x.shape)
+        return jnp.tanh(x @ params) * t[:, None]
+
+    for seed in range(3):  # new parameters of the same shapes: no new trace
+        params = jax.random.normal(jax.random.PRNGKey(seed), (3, 3))
+        assert not needs_ordering(jax.tree_util.Partial(score, params), jnp.ones((4, 3)), jnp.ones((4,)))
+    assert traces == [(4, 3)]
+    assert not needs_ordering(jax.tree_util.Partial(score, params), jnp.ones((8, 3)), jnp.ones((8,)))
+    assert traces == [(4, 3), (8, 3)]

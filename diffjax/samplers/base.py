@@ -19,6 +19,7 @@ every call; a step holding new arrays of the same shapes does not recompile eith
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax._jit import filter_jit
+from diffjax._jit import _partition, filter_jit
 from diffjax.score import x0_from_score
 from diffjax.sde import SDE
 
@@ -366,14 +367,35 @@ def _uses_blocking_kernels(jaxpr) -> bool:
     return False
 
 
+_ORDERING_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+
+
 def needs_ordering(fn, *args, **kwargs) -> bool:
     """Whether ``fn(*args, **kwargs)`` computes batched linear algebra or FFTs, the kernels that can
     deadlock XLA:CPU when independent ones start together (see :func:`_after`). Traced once more to
-    look (no compilation); any failure to trace answers True, the safe side."""
+    look (no compilation); any failure to trace answers True, the safe side.
+
+    The answer is remembered per function structure and argument shapes (as filter_jit keys its
+    programs: array leaves by shape and dtype, everything else by value), so a network is traced
+    once more per compile, not once per score call in it."""
     try:
-        return _uses_blocking_kernels(jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args).jaxpr)
+        static, arrays = _partition((fn, args, kwargs))
+        key = (static, tuple((jnp.shape(a), jnp.result_type(a)) for a in arrays))
+        hash(key)
+    except Exception:  # noqa: BLE001 - an unhashable static part: look without remembering
+        key = None
+    if key is not None and key in _ORDERING_CACHE:
+        _ORDERING_CACHE.move_to_end(key)
+        return _ORDERING_CACHE[key]
+    try:
+        answer = _uses_blocking_kernels(jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args).jaxpr)
     except Exception:  # noqa: BLE001 - e.g. a function that cannot be traced twice: keep the ordering
-        return True
+        answer = True
+    if key is not None:
+        _ORDERING_CACHE[key] = answer
+        if len(_ORDERING_CACHE) > 256:
+            _ORDERING_CACHE.popitem(last=False)
+    return answer
 
 
 def sequenced(score_fn: ScoreFn) -> ScoreFn:
