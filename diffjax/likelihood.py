@@ -6,9 +6,10 @@ variables gives along the flow x(t) (Chen et al. 2018; Song et al. 2021, eq. 39)
     log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt.
 
 :func:`log_likelihood` integrates the augmented state [x, int div f~] from eps to T on device, in
-one ``lax.while_loop`` (or with diffrax), and returns logp = prior_logp(x(T)) + int div f~: the exact log-density of the model's
-t = eps marginal when the score is exact, up to the prior mismatch log p_T - prior_logp (which is
-negligible for VP and sub-VP at T = 1, and not for VE with a small sigma_max).
+one ``lax.while_loop`` (or with diffrax), and returns logp = prior_logp(x(T)) + int div f~: the
+exact log-density of the model's t = eps marginal when the score is exact, up to the prior
+mismatch log p_T - prior_logp (which is negligible for VP and sub-VP at T = 1, and not for VE with
+a small sigma_max).
 """
 
 from __future__ import annotations

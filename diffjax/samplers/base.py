@@ -393,7 +393,7 @@ def needs_ordering(fn, *args, **kwargs) -> bool:
         answer = True
     if key is not None:
         _ORDERING_CACHE[key] = answer
-        if len(_ORDERING_CACHE) > 256:
+        if len(_ORDERING_CACHE) > 32:  # small: a closure in the key keeps what it captured alive
             _ORDERING_CACHE.popitem(last=False)
     return answer
 
