@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax._jit import filter_jit
-from diffjax.samplers.base import _after, _per_example_keys, needs_ordering, sequenced
+from diffjax.samplers.base import _per_example_keys, sequenced
 from diffjax.samplers.density import divergence as divergence_of
 from diffjax.samplers.ode import (_BATCHED_TABLEAUX, check_solver_options, probability_flow_drift, solve_adaptive,
                                   solve_batched)
@@ -139,9 +139,7 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, ep
     closed_form = callable(divergence)
     # (probes are unused by the exact and closed-form divergences; drawn anyway, the solve's args stay one shape)
     probes = _probes(keys, data_shape, n_probes, "rademacher" if closed_form else divergence, x.dtype)
-
-    def div_fn(y, t):  # ordered after its input when it needs it, like the score (samplers.base.sequenced)
-        return divergence(y, _after(t, y) if needs_ordering(divergence, y, t) else t)
+    div_fn = sequenced(divergence, "the divergence function", per_example=True) if closed_form else None
 
     def augmented(t, state, probe):
         """(f~(y, t), div f~) for a batch y (n, *data_shape) and its probes (n, n_probes, *data_shape);
@@ -155,9 +153,6 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, ep
 
         if closed_form:  # div f~ = d f(t) - g(t)^2 div s / 2 for the linear drift f(t) x
             div_s = div_fn(y, t_b)
-            if jnp.shape(div_s) != (n,):
-                raise ValueError(f"the divergence function must return one value per example, shape ({n},); "
-                                 f"got {jnp.shape(div_s)}")
             f_t, g_t = sde.drift_diffusion_coeffs(t_b)
             return drift(y), (math.prod(data_shape) * f_t - 0.5 * g_t**2 * div_s).astype(y.dtype)
         return divergence_of(drift, y, divergence, None if divergence == "exact" else jnp.moveaxis(probe, 1, 0))

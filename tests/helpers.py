@@ -37,12 +37,17 @@ def mixture_3d() -> GaussianMixture:
                            jnp.asarray(np.stack(covs), jnp.float32))
 
 
-def mixture_16d() -> GaussianMixture:
-    d = 16
+def random_mixture(d: int, spread: float) -> GaussianMixture:
+    """Three components in d dimensions: means 2 N(0, I), covariances A A^T + 0.1 I with A of entries
+    spread N(0, 1) (fixed keys, so the same mixture every time)."""
     means = 2.0 * jax.random.normal(jax.random.PRNGKey(42), (3, d))
-    a = 0.15 * jax.random.normal(jax.random.PRNGKey(1), (3, d, d))
+    a = spread * jax.random.normal(jax.random.PRNGKey(1), (3, d, d))
     covs = jnp.einsum("kij,klj->kil", a, a) + 0.1 * jnp.eye(d)
     return GaussianMixture(jnp.array([0.2, 0.3, 0.5]), means, covs)
+
+
+def mixture_16d() -> GaussianMixture:
+    return random_mixture(16, 0.15)
 
 
 def mixture_moments(gm: GaussianMixture):

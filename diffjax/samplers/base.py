@@ -398,10 +398,11 @@ def needs_ordering(fn, *args, **kwargs) -> bool:
     return answer
 
 
-def sequenced(score_fn: ScoreFn) -> ScoreFn:
+def sequenced(score_fn: ScoreFn, name: str = "score_fn", per_example: bool = False) -> ScoreFn:
     """``score_fn`` whose evaluations run one after the other, each after its input exists, when it
     uses batched linear algebra, and whose output is checked to have the shape of x (at trace time,
-    so for free).
+    so for free), or with ``per_example`` to have one value per example, shape (batch,) (a
+    divergence); ``name`` names the function in that error.
 
     The driver, :func:`~diffjax.samplers.ode_sample` and the likelihood wrap the user's score with
     this, so a score with batched linear algebra cannot deadlock XLA:CPU (see :func:`_after`); it
@@ -415,8 +416,11 @@ def sequenced(score_fn: ScoreFn) -> ScoreFn:
         if needs_ordering(score_fn, x, t, *args, **kwargs):
             t = _after(t, x)
         out = score_fn(x, t, *args, **kwargs)
-        if jnp.shape(out) != jnp.shape(x):
-            raise ValueError(f"score_fn(x, t) returned shape {jnp.shape(out)}; expected the shape of x, {jnp.shape(x)}")
+        if per_example and jnp.shape(out) != jnp.shape(x)[:1]:
+            raise ValueError(f"{name} must return one value per example, shape {jnp.shape(x)[:1]}; "
+                             f"got {jnp.shape(out)}")
+        if not per_example and jnp.shape(out) != jnp.shape(x):
+            raise ValueError(f"{name}(x, t) returned shape {jnp.shape(out)}; expected the shape of x, {jnp.shape(x)}")
         return out
 
     return score
