@@ -25,12 +25,12 @@ per-example derivatives. Time must enter the score differentiably (continuous-ti
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
+from diffjax.samplers.density import divergence
 from diffjax.sde import SDE, check_batch_time, expand_to
 
 Array = jax.Array
@@ -75,23 +75,13 @@ def _potential_grad(score_fn, x, t, f, g2, probe):
     """grad_x of sum_b [ g^2/2 (div_b + |s_b|^2) - f <x_b, s_b> ]: exact divergence when ``probe`` is
     None, else the Hutchinson estimate probe^T J_s probe (one JVP, which also gives s)."""
     score_at_t = lambda y: score_fn(y, t)  # noqa: E731
-    n = x.shape[0]
     half_g2, fb = expand_to(0.5 * g2, x), expand_to(f, x)
 
     def potential(y):
         if probe is None:
-            s = score_at_t(y)
-            d = math.prod(y.shape[1:])
-            basis = jnp.eye(d, dtype=y.dtype).reshape((d, 1) + y.shape[1:])
-
-            def diag(e):  # (J e_k)_k per example
-                _, jv = jax.jvp(score_at_t, (y,), (jnp.broadcast_to(e, y.shape),))
-                return jnp.sum((jv * e).reshape(n, -1), axis=1)
-
-            div = jnp.sum(jax.vmap(diag)(basis), axis=0)
+            s, div = divergence(score_at_t, y, "exact")
         else:
-            s, jv = jax.jvp(score_at_t, (y,), (probe,))
-            div = jnp.sum((probe * jv).reshape(n, -1), axis=1)
+            s, div = divergence(score_at_t, y, "rademacher", probe[None])
         return jnp.sum(0.5 * g2 * div) + jnp.sum(half_g2 * s**2 - fb * y * s)
 
     return jax.grad(potential)(x)
