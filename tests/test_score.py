@@ -1,4 +1,5 @@
-"""Network-output conversions and label maps, against exact Gaussian posteriors."""
+"""Network-output conversions and label maps, against exact Gaussian posteriors; the Gaussian-mixture
+oracle against scipy."""
 
 import math
 
@@ -182,3 +183,50 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="network output has shape"):
         bad(jnp.ones((2, 3)), jnp.ones((2,)))
     assert math.isfinite(float(score_fn(jnp.ones((2, 3)), jnp.full((2,), 0.5)).sum()))
+
+
+@pytest.mark.parametrize("dim, batch", [(2, 4096), (3, 1024), (16, 64)])
+def test_mixture_densities_and_score_against_scipy_at_a_users_batch(dim, batch):
+    """GaussianMixture's marginal log-density, component log-densities, responsibilities, score and
+    divergence against scipy's Gaussian densities (float64, per-example times): the oracle the other
+    tests lean on, at the batch sizes users run."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    from helpers import mixture_2d, mixture_3d, mixture_16d, x64
+
+    gm = {2: mixture_2d, 3: mixture_3d, 16: mixture_16d}[dim]()
+    sde = VPSDE()
+    rng = np.random.default_rng(dim)
+    x = rng.normal(0.0, 2.0, (batch, dim))
+    t = rng.uniform(1e-3, 1.0, batch)
+    w, m, c = (np.asarray(v, np.float64) for v in (gm.weights, gm.means, gm.covs))
+    with x64():
+        a, s = (np.asarray(v, np.float64) for v in sde.marginal_coeffs(jnp.asarray(t)))
+    # reference: each example's marginal components N(a mu_k, a^2 Sigma_k + s^2 I), one scipy call per (example, k)
+    comp = np.empty((batch, len(w)))
+    grads = np.empty((batch, len(w), dim))
+    for k in range(len(w)):
+        for b in range(batch):
+            cov = a[b] ** 2 * c[k] + s[b] ** 2 * np.eye(dim)
+            comp[b, k] = np.log(w[k]) + multivariate_normal(a[b] * m[k], cov).logpdf(x[b])
+            grads[b, k] = -np.linalg.solve(cov, x[b] - a[b] * m[k])
+    resp = np.exp(comp - logsumexp(comp, axis=1, keepdims=True))
+    score = np.einsum("bk,bkd->bd", resp, grads)
+    with x64():
+        xj, tj = jnp.asarray(x), jnp.asarray(t)
+        gm64 = GaussianMixture(*(jnp.asarray(v) for v in (w, m, c)))
+        np.testing.assert_allclose(gm64.log_prob(xj, sde, tj), logsumexp(comp, axis=1), rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(gm64.component_log_probs(xj, sde, tj), comp, rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(gm64.responsibilities(xj, sde, tj), resp, atol=1e-10)
+        np.testing.assert_allclose(gm64.score(xj, sde, tj), score, rtol=1e-9, atol=1e-9)
+        # divergence: the trace of the score's Jacobian by central differences of the reference score
+        sub = slice(0, 8)
+        h = 1e-5
+        fd = np.zeros(8)
+        for i in range(dim):
+            e = np.zeros(dim)
+            e[i] = h
+            up, down = (np.asarray(gm64.score(jnp.asarray(x[sub] + sg * e), sde, tj[sub]))[:, i] for sg in (1, -1))
+            fd += (up - down) / (2 * h)
+        np.testing.assert_allclose(gm64.score_divergence(xj[sub], sde, tj[sub]), fd, rtol=1e-6, atol=1e-5)
