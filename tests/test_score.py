@@ -185,17 +185,17 @@ def test_bad_inputs_raise_clear_errors():
     assert math.isfinite(float(score_fn(jnp.ones((2, 3)), jnp.full((2,), 0.5)).sum()))
 
 
-@pytest.mark.parametrize("dim, batch", [(2, 4096), (3, 1024), (16, 64)])
+@pytest.mark.parametrize("dim, batch", [(2, 4096), (3, 1024), (16, 64), (64, 64)])
 def test_mixture_densities_and_score_against_scipy_at_a_users_batch(dim, batch):
     """GaussianMixture's marginal log-density, component log-densities, responsibilities, score and
     divergence against scipy's Gaussian densities (float64, per-example times): the oracle the other
-    tests lean on, at the batch sizes users run."""
+    tests lean on, at the batch sizes users run, in both of its layouts (batch-last below d = 32)."""
     from scipy.special import logsumexp
     from scipy.stats import multivariate_normal
 
-    from helpers import mixture_2d, mixture_3d, mixture_16d, x64
+    from helpers import mixture_2d, mixture_3d, mixture_16d, random_mixture, x64
 
-    gm = {2: mixture_2d, 3: mixture_3d, 16: mixture_16d}[dim]()
+    gm = {2: mixture_2d, 3: mixture_3d, 16: mixture_16d, 64: lambda: random_mixture(64, 0.075)}[dim]()
     sde = VPSDE()
     rng = np.random.default_rng(dim)
     x = rng.normal(0.0, 2.0, (batch, dim))
