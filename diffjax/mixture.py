@@ -129,7 +129,7 @@ class GaussianMixture:
         return (0, 1) if self._batch_last else (1, 2)
 
     def _batch_first(self, v: Array) -> Array:
-        """A (K, B) or (d, B) array of the batch-last layout as (B, K) or (B, d); unchanged otherwise."""
+        """A (K, B) array of the batch-last layout as (B, K); a batch-first (B, K) one unchanged."""
         return v.T if self._batch_last else v
 
     def _score(self, log_comp: Array, prec_diff: Array, out: str = "bd") -> tuple[Array, Array]:

@@ -199,16 +199,16 @@ def _rk_forward(field, y0, t0, t1, method, rtol, atol, max_steps, per_example, r
     def body(state):
         t, y, k1, h, n, nfe, done = state
         h = jnp.where(done, 0.0, jnp.minimum(h, t1 - t))
-        def stage(i, k):
-            w = a_full[i]
-            yi = tmap(lambda y_, k_: y_ + (_bcast(h, y_) * jnp.tensordot(w.astype(k_.dtype), k_, axes=1)).astype(y_.dtype),
-                      y, k)
-            ki = field(t + c_arr[i] * h, yi)
-            return tmap(lambda k_, v: k_.at[i].set(v), k, ki)
-
         if roll_stages:
             # the stages run in a fori_loop, so the field is compiled once in the step (a network is
             # otherwise compiled stages - 1 times); k holds every stage, rows of a_full weight them
+            def stage(i, k):
+                w = a_full[i]
+                yi = tmap(lambda y_, k_: y_ + (_bcast(h, y_) * jnp.tensordot(w.astype(k_.dtype), k_, axes=1)
+                                                ).astype(y_.dtype), y, k)
+                ki = field(t + c_arr[i] * h, yi)
+                return tmap(lambda k_, v: k_.at[i].set(v), k, ki)
+
             k = tmap(lambda v: jnp.zeros((stages,) + v.shape, v.dtype).at[0].set(v), k1)
             k = jax.lax.fori_loop(1, stages, stage, k)
             y_new = tmap(lambda y_, k_: y_ + (_bcast(h, y_) * jnp.tensordot(jnp.asarray(b_sol, k_.dtype), k_, axes=1)
