@@ -1,24 +1,37 @@
 """Checkpoints with orbax-checkpoint: the train state, the config (JSON) and the data iterator's state.
 
-Saves are atomic (orbax writes to a temporary directory and renames it). Restores always go
-against an abstract target (shapes, dtypes and shardings), so a run saved on 8 devices resumes on
-1 or 4. A restore that fails raises :class:`CheckpointError` and touches nothing on disk: it is
-never turned into a silent fresh start.
+Saves are atomic (orbax writes to a temporary directory and renames it), and every saved step
+carries a digest of its files (``diffjax_digest.json``: each file's size and SHA-256), written when
+the step is committed and verified before anything is restored from it: orbax's compressed arrays
+carry no checksum of their own, so a garbled byte, a truncated or missing file or a zeroed manifest
+would otherwise restore silently altered values. Restores always go against an abstract target
+(shapes, dtypes and shardings), so a run saved on 8 devices resumes on 1 or 4. A restore that fails
+raises :class:`CheckpointError` naming the step and touches nothing on disk: it is never turned into
+a silent fresh start.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "abstract_like"]
+__all__ = ["CheckpointError", "Checkpointer", "abstract_like", "DIGEST_FILE", "file_digests"]
+
+DIGEST_FILE = "diffjax_digest.json"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored (corrupt, incomplete, or for another model)."""
+
+
+_WHAT_NOW = ("the files were left as they are; `diffjax train --restore-intact` resumes from the newest intact "
+             "step, `--step N` samples another one")
 
 
 def abstract_like(tree: Any, shardings: Any = None) -> Any:
@@ -28,16 +41,44 @@ def abstract_like(tree: Any, shardings: Any = None) -> Any:
     return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def file_digests(directory: str) -> dict:
+    """{relative path: [size, sha256]} of every file under ``directory`` but the digest file itself."""
+    out = {}
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, directory)
+            if rel == DIGEST_FILE:
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[rel] = [os.path.getsize(path), h.hexdigest()]
+    return out
+
+
 class Checkpointer:
     """``CheckpointManager`` over ``directory`` keeping the last ``max_to_keep`` checkpoints plus every
     ``keep_period``-th step (None: none extra). Items: ``state`` (a pytree of arrays), ``config`` and
-    ``data`` (JSON-able dicts)."""
+    ``data`` (JSON-able dicts).
 
-    def __init__(self, directory: str, *, max_to_keep: int = 3, keep_period: Optional[int] = None):
+    Steps from ``digests_from`` on must carry a digest (see the module docstring); earlier steps, saved
+    by a version of diffjax that wrote none, are verified only if they have one. None: no step needs one.
+    """
+
+    def __init__(self, directory: str, *, max_to_keep: int = 3, keep_period: Optional[int] = None,
+                 digests_from: Optional[int] = 0):
         self.directory = os.path.abspath(directory)
+        self.digests_from = digests_from
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True,
                                                enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config", "data"))
+
+    def reload(self) -> None:
+        """Read the steps on disk again (after steps were moved away)."""
+        self._manager.reload()
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -45,26 +86,80 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
+    def step_directory(self, step: int) -> str:
+        return os.path.join(self.directory, str(int(step)))
+
     def save(self, step: int, state: Any, config: dict, data_state: dict) -> None:
-        """Save synchronously (returns when the checkpoint is complete on disk)."""
+        """Save synchronously (returns when the checkpoint is complete on disk, its digest written by
+        process 0)."""
         self._manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config), data=ocp.args.JsonSave(data_state)),
             force=True)
         self._manager.wait_until_finished()
+        if jax.process_index() == 0:
+            directory = self.step_directory(step)
+            record = json.dumps({"step": int(step), "files": file_digests(directory)}, indent=1)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp_digest.", dir=directory)
+            with os.fdopen(fd, "w") as f:
+                f.write(record)
+            os.replace(tmp, os.path.join(directory, DIGEST_FILE))
+
+    def verify(self, step: int) -> None:
+        """Raise :class:`CheckpointError` unless ``step``'s files are those its digest recorded."""
+        directory = self.step_directory(step)
+        where = f"could not restore step {step} from {self.directory}"
+        path = os.path.join(directory, DIGEST_FILE)
+        if not os.path.isfile(path):
+            if self.digests_from is not None and step >= self.digests_from:
+                raise CheckpointError(f"{where}: it has no {DIGEST_FILE} (its save was cut short, or the file was "
+                                      f"removed), so its contents cannot be trusted; {_WHAT_NOW}")
+            return
+        try:
+            with open(path) as f:
+                recorded = json.load(f)["files"]
+            recorded = {str(k): (int(v[0]), str(v[1])) for k, v in recorded.items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise CheckpointError(f"{where}: its {DIGEST_FILE} is unreadable ({type(e).__name__}); {_WHAT_NOW}") from None
+        actual = {k: tuple(v) for k, v in file_digests(directory).items()}
+        problems = [f"{k} is missing" for k in sorted(set(recorded) - set(actual))]
+        for k in sorted(set(recorded) & set(actual)):
+            (size, digest), (now_size, now_digest) = recorded[k], actual[k]
+            if size != now_size:
+                problems.append(f"{k} has {now_size} bytes, not {size}")
+            elif digest != now_digest:
+                problems.append(f"{k} has other bytes (SHA-256 differs)")
+        problems += [f"{k} was added" for k in sorted(set(actual) - set(recorded))]
+        if problems:
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise CheckpointError(f"{where}: its files changed since it was saved ({problems[0]}{more}); "
+                                  f"{_WHAT_NOW}")
+
+    def intact_steps(self) -> tuple[list[int], dict]:
+        """(steps that verify, {corrupt step: its error message}), newest first."""
+        good, bad = [], {}
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                self.verify(step)
+                good.append(step)
+            except CheckpointError as e:
+                bad[step] = str(e)
+        return good, bad
 
     def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, dict, dict]:
         """(state, config, data_state) of ``step`` (default: the latest), the state laid out as
-        ``abstract_state`` says (``jax.ShapeDtypeStruct`` leaves with shardings; see :func:`abstract_like`)."""
+        ``abstract_state`` says (``jax.ShapeDtypeStruct`` leaves with shardings; see :func:`abstract_like`).
+        The step's files are verified against its digest first."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        self.verify(step)
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore(),
                 data=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types; all mean "this checkpoint cannot be used"
             raise CheckpointError(
-                f"could not restore step {step} from {self.directory} ({type(e).__name__}: {str(e)[:300]}); "
+                f"could not restore step {step} from {self.directory} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
                 "the files were left as they are — move the directory away to start afresh") from e
         return out.state, dict(out.config), dict(out.data)
 
@@ -73,10 +168,12 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        self.verify(step)
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         except Exception as e:
-            raise CheckpointError(f"could not read the config of step {step} in {self.directory}: {e}") from e
+            raise CheckpointError(f"could not read the config of step {step} in {self.directory}: "
+                                  f"{' '.join(str(e).split())[:300]}") from e
         return dict(out.config)
 
     def close(self) -> None:

@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="where checkpoints, logs and samples go (default: ./runs/CONFIG)")
     p.add_argument("--steps", type=_positive_int, default=None, help="train steps (sets training.n_iters)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--restore-intact", action="store_true",
+                   help="if the latest checkpoint fails its digest (corrupt), move it to WORKDIR/corrupt_checkpoints/ "
+                        "and resume from the newest intact one (default: stop with an error)")
     _distributed_flags(p)
 
     p = sub.add_parser("sample", help="draw samples from a trained run's EMA parameters, or from the "
@@ -154,10 +157,10 @@ def _train(args, overrides) -> int:
         overrides = [*overrides, f"training.n_iters={args.steps}"]
     config = load_config(args.config, overrides)
     name = os.path.splitext(os.path.basename(args.config))[0]
+    if name == "config" and args.config.endswith(".json"):  # a run's saved config: name the run after its folder
+        name = os.path.basename(os.path.dirname(os.path.abspath(args.config))) or name
     workdir = args.workdir or os.path.join("runs", name)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"--workdir {workdir} is a file; expected a directory (new or of this run)")
-    result = train(config, workdir, progress=not args.no_progress)
+    result = train(config, workdir, progress=not args.no_progress, restore_intact=args.restore_intact)
     if not result.get("stopped"):
         print(f"done: step {result['step']} in {result['workdir']}")
     return 0
@@ -174,6 +177,7 @@ def _superpose(args) -> int:
     import jax
 
     from diffjax.run import load_run, superpose, write_samples
+    from diffjax.run.files import check_output_path
 
     workdirs = args.workdir
     if len(workdirs) < 2:
@@ -186,9 +190,13 @@ def _superpose(args) -> int:
     if args.superpose == "and" and (args.weights is not None or args.temperature is not None):
         raise ValueError("--weights and --temperature are OR's; --superpose and takes neither")
     weights = None if args.weights is None else _float_list(args.weights, "--weights")
+    if args.out is not None:
+        check_output_path(args.out, ".npz", "--out", siblings=(".png",))
     runs = [load_run(w, args.step) for w in workdirs]
     n_steps = args.steps or 1000
     out = args.out or os.path.join(workdirs[0], "samples", f"superpose_{args.superpose}_{runs[0].step}.npz")
+    if args.out is None:
+        check_output_path(out, ".npz", "the run's samples folder (or give --out)", siblings=(".png",), owned=True)
     x, log_q, kappa, nfe = superpose(runs, jax.random.PRNGKey(args.seed), args.num, args.superpose, weights=weights,
                                      temperature=1.0 if args.temperature is None else args.temperature,
                                      n_steps=n_steps, grid=args.grid or "uniform", ode=args.ode,
@@ -203,9 +211,10 @@ def _sample(args) -> int:
     import jax
 
     from diffjax.run import generate, load_run, write_samples
+    from diffjax.run.files import check_output_path
 
-    if args.out is not None and not args.out.endswith(".npz"):
-        raise ValueError(f"--out {args.out}: the output file must end in .npz")
+    if args.out is not None:
+        check_output_path(args.out, ".npz", "--out", siblings=(".png",))
     if args.superpose:
         return _superpose(args)
     if len(args.workdir) > 1:
@@ -219,6 +228,8 @@ def _sample(args) -> int:
     args.workdir = args.workdir[0]
     run = load_run(args.workdir, args.step, _sampling_overrides(args))
     out = args.out or os.path.join(args.workdir, "samples", f"samples_{run.step}.npz")
+    if args.out is None:
+        check_output_path(out, ".npz", "the run's samples folder (or give --out)", siblings=(".png",), owned=True)
     x, nfe = generate(run, jax.random.PRNGKey(args.seed), args.num, args.batch)
     png = write_samples(run, x, out)
     print(f"{len(x)} samples ({run.config.sampling.method}, {nfe} score evaluations each) -> {out}, {png}")
@@ -240,21 +251,19 @@ def _evaluate(args) -> int:
 
 
 def _fp_residual(args) -> int:
-    import json
-
     import jax
 
     from diffjax.run import load_run
     from diffjax.run.evaluate import evaluate_fp_residual, format_fp_residual
+    from diffjax.run.files import check_writable_dir, write_json
 
     run = load_run(args.workdir, args.step)
+    out = os.path.join(args.workdir, "eval", f"fp_residual_{run.step}.json")
+    check_writable_dir(os.path.dirname(out), "the run's eval folder")
     ev = evaluate_fp_residual(run, jax.random.PRNGKey(args.seed), "test", args.num or 256)
     print(format_fp_residual(ev))
     if jax.process_index() == 0:
-        out = os.path.join(args.workdir, "eval", f"fp_residual_{run.step}.json")
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(ev, f, indent=1)
+        write_json(out, ev)
         print(f"-> {out}")
     return 0
 
@@ -305,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, CheckpointError) as e:
         message = " ".join(str(e).split())  # one line, whatever the exception carried
         print(f"diffjax {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a place that turned unwritable (or full) after the checks: say which, in one line
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"diffjax {args.command}: error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
         return 2
     except Exception as e:
         if args.distributed:

@@ -13,6 +13,7 @@ a checkpoint can resume the stream exactly.
 from __future__ import annotations
 
 import math
+import re
 from importlib import resources
 from typing import Iterator, Optional
 
@@ -320,9 +321,9 @@ def tfds_loader(name: str, split: str, batch_size: int, *, data_dir: Optional[st
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises many types (not found, not prepared, corrupt); one message for all
         where = data_dir or "the TFDS default data directory"
+        first = re.split(r"(?<=[.:])\s", " ".join(str(e).split()), maxsplit=1)[0][:160]
         raise ValueError(f"cannot read TFDS dataset {name!r} (split {split!r}) from {where}: {type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:300]}; prepare it first (`tfds build {name}`) — "
-                         "diffjax never downloads") from None
+                         f"{first} Prepare it first (`tfds build {name}`); diffjax never downloads") from None
     if len(source) == 0:
         raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty; expected at least one example")
     shard_index = jax.process_index() if shard_index is None else shard_index

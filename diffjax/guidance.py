@@ -30,6 +30,7 @@ import numpy as np
 
 from diffjax.losses import split_batch
 from diffjax._jit import filter_jit
+from diffjax.results import SampleResult, raise_if_nonfinite
 from diffjax.samplers.base import (
     Step,
     Wrapper,
@@ -139,19 +140,21 @@ def inpaint(step: Step, y: Array, mask: Array) -> Inpaint:
 
 
 def inpaint_sample(step: Step, score_fn: ScoreFn, key: Array, y: Array, mask: Array, timesteps: Array,
-                   denoise: bool = True) -> tuple[Array, Array]:
+                   denoise: bool = True, *, check_finite: bool = True) -> SampleResult:
     """Sample the unknown region (mask = 0) of ``y`` (batch, ...) given its known region (mask = 1).
 
     x_T is drawn from the prior with the known region set to its perturbation at T; every update of
     ``step`` is followed by the replacement of :func:`inpaint`; the last state is denoised with
     Tweedie's formula (when ``denoise``) and the known pixels are then set to y exactly.
-    ``key`` is one key (example i uses fold_in(key, i)) or one per example. Returns ``(x, nfe)``.
+    ``key`` is one key (example i uses fold_in(key, i)) or one per example. Returns a
+    :class:`~diffjax.results.SampleResult` (as :func:`~diffjax.samplers.sample`).
     """
     check_x_init(y)
     mask = _check_mask(y, mask)
     ts = check_timesteps(timesteps, step.sde, time_dtype(y))
-    x = _inpaint_run(step, score_fn, bool(denoise), False, key, jnp.asarray(y), mask, ts)
-    return x, jnp.asarray((ts.shape[0] - 1) * step.nfe + int(bool(denoise)), jnp.int32)
+    result = _inpaint_run(step, score_fn, bool(denoise), False, key, jnp.asarray(y), mask, ts)
+    raise_if_nonfinite(result, "inpaint_sample", check_finite, steps=ts)
+    return result
 
 
 def _inpaint_impl(step, score_fn, denoise, decoupled, key, y, mask, ts):
@@ -165,8 +168,8 @@ def _inpaint_impl(step, score_fn, denoise, decoupled, key, y, mask, ts):
     t0 = jnp.full((y.shape[0],), ts[0], ts.dtype)
     known, _ = forward_perturb(step.sde, fold_keys(keys, _PERTURB_FOLD + 1), y, t0)
     x_init = paste_known(prior_sample(step.sde, keys, y.shape, y.dtype), known, mask)
-    x, _ = sample(inpaint(step, y, mask), score_fn, keys, x_init, ts, denoise=denoise)
-    return paste_known(x, y, mask)
+    r = sample(inpaint(step, y, mask), score_fn, keys, x_init, ts, denoise=denoise)
+    return SampleResult(paste_known(r.x, y, mask), r.nfe, r.nonfinite_step)
 
 
 _inpaint_run = filter_jit(_inpaint_impl)
@@ -202,13 +205,13 @@ def couple_colors(z: Array) -> Array:
 
 
 def colorize_sample(step: Step, score_fn: ScoreFn, key: Array, grey: Array, timesteps: Array,
-                    denoise: bool = True) -> tuple[Array, Array]:
+                    denoise: bool = True, *, check_finite: bool = True) -> SampleResult:
     """Colour images whose grey image (the channel mean) is ``grey``.
 
     ``grey`` is (batch, H, W, 1), or (batch, H, W, 3) whose channel mean is taken, in the model's
     data range; ``score_fn`` scores RGB images (batch, H, W, 3). Sampling runs in the decoupled
     space with channel 0 known, so the returned images' channel mean equals ``grey`` exactly (up to
-    float rounding). Returns ``(x, nfe)`` with x of shape (batch, H, W, 3).
+    float rounding). Returns a :class:`~diffjax.results.SampleResult` with x of shape (batch, H, W, 3).
     """
     grey = jnp.asarray(grey)
     if grey.ndim != 4 or grey.shape[-1] not in (1, 3):
@@ -217,8 +220,10 @@ def colorize_sample(step: Step, score_fn: ScoreFn, key: Array, grey: Array, time
     y = decouple_colors(jnp.broadcast_to(g, (*g.shape[:-1], 3)))
     mask = jnp.broadcast_to(jnp.asarray([1.0, 0.0, 0.0], y.dtype), y.shape)
     ts = check_timesteps(timesteps, step.sde, time_dtype(y))
-    z = _inpaint_run(step, score_fn, bool(denoise), True, key, y, mask, ts)
-    return couple_colors(z), jnp.asarray((ts.shape[0] - 1) * step.nfe + int(bool(denoise)), jnp.int32)
+    r = _inpaint_run(step, score_fn, bool(denoise), True, key, y, mask, ts)
+    result = SampleResult(couple_colors(r.x), r.nfe, r.nonfinite_step)
+    raise_if_nonfinite(result, "colorize_sample", check_finite, steps=ts)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax._jit import filter_jit
+from diffjax.results import BitsResult, LikelihoodResult, raise_if_nonfinite
 from diffjax.samplers.base import _per_example_keys, sequenced
 from diffjax.samplers.density import divergence as divergence_of
 from diffjax.samplers.ode import (_BATCHED_TABLEAUX, check_solver_options, probability_flow_drift, solve_adaptive,
@@ -36,7 +37,14 @@ DIVERGENCES = ("rademacher", "gaussian", "exact")
 SOLVERS = ("batched", "diffrax")
 
 
-def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method, solver="diffrax"):
+def _check_order(name: str, sde, score_fn) -> None:
+    """The call order of diffjax 0.1, (key, process, score_fn, x), refused in one line."""
+    if isinstance(score_fn, SDE) and not isinstance(sde, SDE):
+        raise TypeError(f"{name} takes (process, score_fn, key, x) since diffjax 0.2; got (key, process, ...): "
+                        "move the key to third place")
+
+
+def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method, solver="diffrax", max_steps=1):
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a diffjax process (diffjax.sde.PROCESSES); got {type(sde).__name__}")
     sde.require_gaussian("the probability-flow likelihood (Gaussian prior density and kernel)")
@@ -57,17 +65,17 @@ def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, metho
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
     if solver == "batched" and method in _BATCHED_TABLEAUX:
-        check_solver_options(sde, rtol, atol, eps, "tsit5")
+        check_solver_options(sde, rtol, atol, eps, "tsit5", max_steps, "log_likelihood")
     elif solver == "batched":
         raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_BATCHED_TABLEAUX)}")
     else:
-        check_solver_options(sde, rtol, atol, eps, method)
+        check_solver_options(sde, rtol, atol, eps, method, max_steps, "log_likelihood")
 
 
 def log_likelihood(
-    key: Array,
     sde: SDE,
     score_fn,
+    key: Array,
     x: Array,
     *,
     divergence: str = "rademacher",
@@ -79,13 +87,14 @@ def log_likelihood(
     max_steps: int = 4096,
     per_example: bool = True,
     solver: str = "batched",
-):
+    check_finite: bool = True,
+) -> LikelihoodResult:
     """Log-density log p_eps(x) (nats) of each example under the probability-flow ODE.
 
     Args:
+      sde, score_fn: the process and ``score_fn(x, t)``.
       key: one PRNG key, or one per example (shape (batch,)), for the divergence probes. Example i's
         probes come from fold_in(key, i), so results do not depend on the batch.
-      sde, score_fn: the process and ``score_fn(x, t)``.
       x: data at t = eps in the model's space, shape (batch, *data_dims).
       divergence: "rademacher" or "gaussian" (Hutchinson–Skilling: div f~ ~ v^T (df~/dx) v with a
         probe v drawn once and fixed over the whole solve, averaged over ``n_probes`` probes; one
@@ -111,16 +120,23 @@ def log_likelihood(
     in anything the score closes over (discretise-then-optimise through diffrax's
     RecursiveCheckpointAdjoint; the batched solver's VJP re-solves with diffrax at the same tolerances).
 
-    Returns ``(logp, z, nfe)``: logp (batch,) = prior_logp(z) + int_eps^T div f~ dt; z = x(T), the
-    latent (shape of x); nfe (batch,): evaluations of the augmented vector field per example (each
-    is one score evaluation with ``n_probes`` JVPs, d for "exact", or a score and ``div_fn`` for a function).
+    Returns a :class:`~diffjax.results.LikelihoodResult`: ``.logp`` (batch,) = prior_logp(z) +
+    int_eps^T div f~ dt; ``.z`` = x(T), the latent (shape of x); ``.nfe`` (batch,): evaluations of the
+    augmented vector field per example (each is one score evaluation with ``n_probes`` JVPs, d for
+    "exact", or a score and ``div_fn`` for a function); ``.nonfinite_step`` (batch,): the attempted
+    step at which an example's solve met NaN/Inf or ran out of ``max_steps`` (its logp is then NaN),
+    -1 if none. Outside a jit of yours such an example raises
+    :class:`~diffjax.results.NonFiniteError` unless ``check_finite=False``.
     """
-    _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method, solver)
+    _check_order("log_likelihood", sde, score_fn)
+    _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method, solver, max_steps)
     keys = _per_example_keys(key, jnp.shape(x)[0])
-    return _log_likelihood(
+    result = _log_likelihood(
         score_fn, sde, keys, jnp.asarray(x), divergence, int(n_probes), float(rtol), float(atol),
         float(eps), method, int(max_steps), bool(per_example), solver,
     )
+    raise_if_nonfinite(result, "log_likelihood", check_finite, what="adaptive step", max_steps=int(max_steps))
+    return result
 
 
 def _probes(keys: Array, shape, n_probes: int, divergence: str, dtype) -> Array:
@@ -160,12 +176,13 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, ep
 
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
     if solver == "batched":
-        (z, delta), nfe = solve_batched(lambda t, state: augmented(t, state, probes), y0, eps, sde.T, method=method,
-                                        rtol=rtol, atol=atol, max_steps=max_steps, per_example=per_example)
-        return sde.prior_logp(z) + delta, z, nfe
-    (z, delta), nfe = solve_adaptive(augmented, y0, probes, eps, sde.T, method=method, rtol=rtol, atol=atol,
-                                     max_steps=max_steps, per_example=per_example)
-    return sde.prior_logp(z) + delta, z, nfe
+        (z, delta), nfe, failed = solve_batched(lambda t, state: augmented(t, state, probes), y0, eps, sde.T,
+                                                method=method, rtol=rtol, atol=atol, max_steps=max_steps,
+                                                per_example=per_example)
+    else:
+        (z, delta), nfe, failed = solve_adaptive(augmented, y0, probes, eps, sde.T, method=method, rtol=rtol,
+                                                 atol=atol, max_steps=max_steps, per_example=per_example)
+    return LikelihoodResult(sde.prior_logp(z) + delta, z, nfe, failed)
 
 
 def dequantize(key: Array, x: Array, levels: int, data_range=(-1.0, 1.0)) -> Array:
@@ -207,9 +224,9 @@ def _check_levels(x, levels, data_range):
 
 
 def bits_per_dim(
-    key: Array,
     sde: SDE,
     score_fn,
+    key: Array,
     x: Array,
     *,
     levels: int = 256,
@@ -233,20 +250,28 @@ def bits_per_dim(
     (log-mean-exp) version. In expectation over u the bound is an upper bound on the true bpd and
     never negative for a normalised density.
 
-    Extra keyword arguments go to :func:`log_likelihood`. Returns ``(bpd, nfe)``, each (batch,).
+    Extra keyword arguments go to :func:`log_likelihood`. Returns a :class:`~diffjax.results.BitsResult`:
+    ``.bpd`` and ``.nfe`` (summed over the draws), each (batch,), and ``.nonfinite_step`` as
+    :func:`log_likelihood`'s (of the first draw that failed).
     """
+    _check_order("bits_per_dim", sde, score_fn)
     _check_levels(x, levels, data_range)
     if not isinstance(num_dequantizations, int) or num_dequantizations < 1:
         raise ValueError(f"num_dequantizations must be an integer >= 1; got {num_dequantizations!r}")
     lo, hi = data_range
     keys = _per_example_keys(key, jnp.shape(x)[0])
-    logps, nfe = [], 0
+    check = kwargs.pop("check_finite", True)
+    logps, nfe, failed = [], 0, None
     for j in range(num_dequantizations):
         k_deq, k_probe = _dequantization_keys(keys, j)
-        logp, _, nfe_j = log_likelihood(k_probe, sde, score_fn, dequantize(k_deq, x, levels, data_range), **kwargs)
-        logps.append(logp)
-        nfe = nfe + nfe_j
+        r = log_likelihood(sde, score_fn, k_probe, dequantize(k_deq, x, levels, data_range), check_finite=False,
+                           **kwargs)
+        logps.append(r.logp)
+        nfe = nfe + r.nfe
+        failed = r.nonfinite_step if failed is None else jnp.where(failed < 0, r.nonfinite_step, failed)
     log_px = jax.nn.logsumexp(jnp.stack(logps), axis=0) - math.log(num_dequantizations)
     d = math.prod(jnp.shape(x)[1:])
     log_pk = log_px + d * (math.log(hi - lo) - math.log(levels))
-    return -log_pk / (d * math.log(2.0)), nfe
+    result = BitsResult(-log_pk / (d * math.log(2.0)), nfe, failed)
+    raise_if_nonfinite(result, "bits_per_dim", check, what="adaptive step", max_steps=int(kwargs.get("max_steps", 4096)))
+    return result

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import fokker_planck
+from diffjax._checks import check_finite_input
 from diffjax.sde import SDE, VESDE, VPSDE, expand_to
 
 Array = jax.Array
@@ -45,10 +46,16 @@ def split_batch(batch: Any) -> tuple[Array, dict]:
     if isinstance(batch, Mapping):
         if "x" not in batch:
             raise ValueError(f"a batch mapping needs the data under key 'x'; got keys {sorted(batch)}")
-        return batch["x"], {k: v for k, v in batch.items() if k != "x"}
-    if jnp.ndim(batch) < 1:
+        x, cond = batch["x"], {k: v for k, v in batch.items() if k != "x"}
+    else:
+        x, cond = batch, {}
+    if jnp.ndim(x) < 1:
         raise ValueError("batch must be an array of shape (batch, ...) or a mapping with key 'x'")
-    return batch, {}
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"the loss takes floating-point data x of shape (batch, ...) in the model's range; got "
+                        f"{jnp.result_type(x)} (map integer pixels to the data range first, e.g. data.levels_to_model)")
+    check_finite_input("the batch's data x", x)
+    return x, cond
 
 
 def _reduce(sq: Array, reduce_mean: bool) -> Array:

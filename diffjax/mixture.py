@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._checks import is_traced
 from diffjax._jit import Bound, bind
 from diffjax.sde import SDE, check_batch_time
 
@@ -48,10 +49,23 @@ class GaussianMixture:
             raise ValueError(
                 f"GaussianMixture needs weights (K,), means (K, d), covs (K, d, d); got {w}, {m}, {c}"
             )
-        if self.eig is None and not isinstance(self.covs, jax.core.Tracer):
+        if self.eig is None and not any(is_traced(v) for v in fields):
+            w, mu, cov = (np.asarray(v, np.float64) for v in fields)
+            if not all(np.all(np.isfinite(v)) for v in (w, mu, cov)):
+                raise ValueError("GaussianMixture: weights, means and covs must be finite; got NaN or Inf")
+            if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-5:
+                raise ValueError(f"GaussianMixture: weights must be >= 0 and sum to 1; got {np.round(w, 6).tolist()} "
+                                 f"(sum {w.sum():.6g})")
+            if not np.allclose(cov, np.swapaxes(cov, 1, 2), rtol=1e-5, atol=1e-8):
+                raise ValueError("GaussianMixture: every covariance must be symmetric")
+            lam, u = np.linalg.eigh(cov)
+            floor = -1e-6 * np.maximum(np.abs(lam).max(axis=1), 1e-30)
+            if np.any(lam.min(axis=1) < floor):
+                k = int(np.argmin(lam.min(axis=1) - floor))
+                raise ValueError(f"GaussianMixture: covariance {k} is not positive semi-definite (smallest eigenvalue "
+                                 f"{lam[k].min():.3g})")
             dtype = jnp.asarray(self.covs).dtype  # float64 mixtures keep float64 eigenpairs
-            lam, u = np.linalg.eigh(np.asarray(self.covs, np.float64))
-            object.__setattr__(self, "eig", (jnp.asarray(lam, dtype), jnp.asarray(u, dtype)))
+            object.__setattr__(self, "eig", (jnp.asarray(np.maximum(lam, 0.0), dtype), jnp.asarray(u, dtype)))
 
     @property
     def num_components(self) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "global_batch",
     "check_global_batch",
     "initialize_distributed",
+    "check_coordinator",
     "PeerWatchdog",
     "is_main_process",
 ]
@@ -139,6 +140,32 @@ def _env_int(name: str) -> Optional[int]:
         raise ValueError(f"{name} must be an integer; got {text!r}") from None
 
 
+def check_coordinator(address: str) -> tuple[str, int]:
+    """(host, port) of ``address`` = HOST:PORT (an IPv6 host in brackets, [::1]:8476); raise a one-line
+    ValueError for anything else, a port outside 1..65535, or a host name that does not resolve, before
+    JAX's coordination service tries it (a bad address there ends in a crash, not a message)."""
+    import socket
+
+    text = str(address).strip()
+    host, sep, port_text = text.rpartition(":")
+    if text.startswith("["):
+        host = host[1:-1] if host.endswith("]") else ""
+    if not sep or not host or any(c.isspace() for c in text) or "/" in text:
+        raise ValueError(f"the coordinator must be HOST:PORT (e.g. node0:8476); got {address!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ValueError(f"the coordinator's port must be an integer in 1..65535; got {port_text!r} in {address!r}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"the coordinator's host {host!r} does not resolve ({e.strerror if hasattr(e, 'strerror') else e}); "
+                         "give a host name or address every process can reach") from None
+    return host, port
+
+
 def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                            process_id: Optional[int] = None, *, heartbeat_timeout: int = 60,
                            peer_timeout: Optional[float] = 20.0, **kwargs) -> None:
@@ -162,8 +189,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
     if num_processes is not None and not (num_processes >= 1 and 0 <= process_id < num_processes):
         raise ValueError(f"need num_processes >= 1 and 0 <= process_id < num_processes; got {process_id} of "
                          f"{num_processes}")
-    if coordinator_address is not None and ":" not in coordinator_address:
-        raise ValueError(f"the coordinator must be HOST:PORT; got {coordinator_address!r}")
+    if coordinator_address is not None:
+        check_coordinator(coordinator_address)
     if os.environ.get("JAX_PLATFORMS", "").split(",")[0] in ("", "cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id,

@@ -57,6 +57,11 @@ __all__ = [
 ]
 
 
+def _is_flax_module(fn) -> bool:
+    """A Flax Linen module (callable, but not as apply(params, ...)); told apart without importing Flax."""
+    return any(c.__module__.startswith("flax.") and c.__name__ == "Module" for c in type(fn).__mro__)
+
+
 def _check_prediction(prediction: str) -> None:
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; expected one of {PREDICTIONS}")
@@ -195,6 +200,12 @@ class ScoreModel:
             raise ValueError(f"scale_by_sigma applies to prediction='score' only; got prediction={self.prediction!r}")
         if not callable(self.apply_fn):
             raise TypeError(f"apply_fn must be callable apply_fn(params, x, labels); got {type(self.apply_fn).__name__}")
+        if _is_flax_module(self.apply_fn):
+            raise TypeError(f"apply_fn must be the network's apply function, apply_fn(params, x, labels); got the Flax "
+                            f"module {type(self.apply_fn).__name__} itself: pass net.apply (or "
+                            "models.network_score_model(net, sde))")
+        if isinstance(self.sde, type):
+            raise TypeError(f"sde must be a process instance such as {self.sde.__name__}(); got the class")
         if not isinstance(self.sde, SDE):
             raise TypeError(f"sde must be a diffjax process (diffjax.sde.PROCESSES); got {type(self.sde).__name__}")
         if self.prediction in ("velocity", "edm") and not self.continuous:

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._checks import check_fields
 from diffjax._jit import bind
 
 Array = jax.Array
@@ -387,6 +388,7 @@ class VESDE(SDE):
     sampling_eps = 1e-5
 
     def __post_init__(self):
+        check_fields(self)
         _check_num_steps(self.N)
         lo, hi = _concrete_float(self.sigma_min), _concrete_float(self.sigma_max)
         if lo is not None and not lo > 0:
@@ -460,6 +462,7 @@ class _LinearBetaSDE(SDE):
     beta_max: float | Array
 
     def __post_init__(self):
+        check_fields(self)
         _check_num_steps(self.N)
         lo, hi = _concrete_float(self.beta_min), _concrete_float(self.beta_max)
         name = type(self).__name__
@@ -632,6 +635,7 @@ class EDM(SDE):
     N: int = 1000
 
     def __post_init__(self):
+        check_fields(self)
         _check_num_steps(self.N)
         _check_time_domain(type(self).__name__, self.sigma_min, self.sigma_max, float("inf"))
 
@@ -688,6 +692,7 @@ class CosineVP(SDE):
     N: int = 1000
 
     def __post_init__(self):
+        check_fields(self)
         _check_num_steps(self.N)
         _check_time_domain(type(self).__name__, self.sampling_eps, self.t_max, 1.0)
         if not (self.s >= 0 and 0 < self.max_beta <= 1):
@@ -758,6 +763,7 @@ class RectifiedFlow(SDE):
     N: int = 1000
 
     def __post_init__(self):
+        check_fields(self)
         _check_num_steps(self.N)
         _check_time_domain(type(self).__name__, self.sampling_eps, self.t_max, 1.0)
         if self.t_max >= 1.0:
@@ -827,6 +833,7 @@ class OneSidedInterpolant(SDE):
     N: int = 1000
 
     def __post_init__(self):
+        check_fields(self)
         _check_num_steps(self.N)
         if self.alpha not in INTERPOLANT_ALPHAS:
             raise ValueError(f"unknown interpolant alpha {self.alpha!r}; expected one of {INTERPOLANT_ALPHAS}")
@@ -870,6 +877,7 @@ class CustomProcess(SDE):
     N: int = 1000
 
     def __post_init__(self):
+        check_fields(self)
         _check_num_steps(self.N)
         if not callable(self.marginal_fn):
             raise TypeError(f"marginal_fn must be callable marginal_fn(t) -> (a, sigma); got {type(self.marginal_fn).__name__}")
@@ -926,6 +934,7 @@ class PFGMPP(EDM):
     D: float = 128.0
     prior_method: str = "chi2"
     gaussian = False
+    _INFINITE_OK = ("D",)
 
     def __post_init__(self):
         super().__post_init__()

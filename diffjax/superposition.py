@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax._jit import bind, filter_jit
+from diffjax.results import SuperpositionResult, no_nonfinite, raise_if_nonfinite, update_nonfinite
 from diffjax.samplers.base import (
     _per_example_keys, check_timesteps, check_x_init, fold_keys, normal_like, sequenced, time_dtype,
 )
@@ -172,7 +173,8 @@ def _ode_field(mode, sde, score_fns, x, ell, t, probes, div_kind, log_w, tempera
 def superposition_sample(sde: SDE, score_fns: Sequence, key: Array, x_init: Array, timesteps: Array, *,
                          mode: str = "or", weights: Optional[Sequence[float]] = None, temperature: float = 1.0,
                          ode: bool = False, divergence: str = "rademacher", n_probes: int = 1,
-                         log_q_init: Optional[Array] = None, denoise: bool = True):
+                         log_q_init: Optional[Array] = None, denoise: bool = True,
+                         check_finite: bool = True) -> SuperpositionResult:
     """Sample the superposition of M >= 2 models of one process (module docstring).
 
     Args:
@@ -187,8 +189,11 @@ def superposition_sample(sde: SDE, score_fns: Sequence, key: Array, x_init: Arra
       log_q_init: log q_i,T(x_init) (M, batch); default every model's prior density (equal for all).
       denoise: finish with Tweedie's denoiser of s̄ (weights from the last step), M more NFE.
 
-    Returns ``(x, log_q, kappa, nfe)``: samples (shape of x_init), the tracked log q_i of each sample
-    at timesteps[-1] (M, batch), the last step's κ (M, batch) and the score evaluations per sample.
+    Returns a :class:`~diffjax.results.SuperpositionResult`: ``.x`` samples (shape of x_init),
+    ``.logp`` the tracked log q_i of each sample at timesteps[-1] (M, batch), ``.kappa`` the last
+    step's κ (M, batch), ``.nfe`` the score evaluations per sample (batch,) and ``.nonfinite_step``
+    (batch,) as :func:`~diffjax.samplers.sample`'s; non-finite examples raise outside a jit of yours
+    unless ``check_finite=False``.
     """
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a diffjax process; got {type(sde).__name__}")
@@ -215,10 +220,12 @@ def superposition_sample(sde: SDE, score_fns: Sequence, key: Array, x_init: Arra
         log_q_init = jnp.broadcast_to(sde.prior_logp(jnp.asarray(x_init, tdt)), (m, jnp.shape(x_init)[0]))
     elif jnp.shape(log_q_init) != (m, jnp.shape(x_init)[0]):
         raise ValueError(f"log_q_init must have shape (M, batch) = {(m, jnp.shape(x_init)[0])}; got {jnp.shape(log_q_init)}")
-    x, ell, kappa = _superpose(sde, score_fns, mode, log_w, temperature, bool(ode), divergence, int(n_probes),
-                               bool(denoise), keys, x_init, jnp.asarray(log_q_init, tdt), ts)
+    x, ell, kappa, record = _superpose(sde, score_fns, mode, log_w, temperature, bool(ode), divergence,
+                                       int(n_probes), bool(denoise), keys, x_init, jnp.asarray(log_q_init, tdt), ts)
     nfe = (ts.shape[0] - 1) * m * (2 if ode else 1) + (m if denoise else 0)
-    return x, ell, kappa, jnp.asarray(nfe, jnp.int32)
+    result = SuperpositionResult(x, ell, kappa, jnp.full(jnp.shape(x_init)[:1], nfe, jnp.int32), record)
+    raise_if_nonfinite(result, "superposition_sample", check_finite, steps=ts)
+    return result
 
 
 @filter_jit
@@ -253,16 +260,19 @@ def _superpose(sde, score_fns, mode, log_w, temperature, ode, div_kind, n_probes
     step = ode_step if ode else sde_step
 
     def body(carry, inputs):
-        x, ell, _ = carry
+        x, ell, _, record = carry
         k, t, t_next = inputs
         tb, tnb = jnp.full((n,), t, tdt), jnp.full((n,), t_next, tdt)
         x_next, ell, kappa = step(x.astype(tdt), ell, fold_keys(keys, k), tb, tnb)
-        return (x_next.astype(x_init.dtype), ell.astype(tdt), kappa.astype(tdt)), None
+        record = update_nonfinite(record, k, x_next, ell.T)
+        return (x_next.astype(x_init.dtype), ell.astype(tdt), kappa.astype(tdt), record), None
 
-    (x, ell, kappa), _ = jax.lax.scan(body, (x_init, ell0, kappa0), (jnp.arange(ts.shape[0] - 1), ts[:-1], ts[1:]))
+    (x, ell, kappa, record), _ = jax.lax.scan(body, (x_init, ell0, kappa0, no_nonfinite(n)),
+                                              (jnp.arange(ts.shape[0] - 1), ts[:-1], ts[1:]))
     if denoise:
         t_end = jnp.full((n,), ts[-1], tdt)
         k_end = or_weights(ell, log_w, temperature) if mode == "or" else kappa
         a, s = sde.marginal_coeffs(t_end)
         x = x0_from_score(combine_scores(all_scores(x, t_end), k_end), x.astype(tdt), a, s).astype(x_init.dtype)
-    return x, ell, kappa
+        record = update_nonfinite(record, ts.shape[0] - 1, x)
+    return x, ell, kappa, record

@@ -52,8 +52,8 @@ def _em_samples(run, key, num: int, steps: int) -> np.ndarray:
     """One model alone with the rows' sampler (Euler–Maruyama, uniform grid, Tweedie at the end)."""
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num))
     x0 = jax.vmap(lambda k: samplers.prior_sample(run.sde, k, (1, 8, 8, 1))[0])(keys)
-    x, _ = samplers.sample(samplers.euler_maruyama(run.sde), run_score_fn(run), keys, x0,
-                           samplers.uniform_timesteps(run.sde, steps))
+    x = samplers.sample(samplers.euler_maruyama(run.sde), run_score_fn(run), keys, x0,
+                        samplers.uniform_timesteps(run.sde, steps)).x
     return np.asarray(x)
 
 

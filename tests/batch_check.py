@@ -61,15 +61,16 @@ def differences(position=3, batch=7, dtype=jnp.float32, steps=STEPS):
     out = {}
     for i, (name, opts) in enumerate(steps):
         step = S.get_step(name, sde, **opts)
-        together, _ = S.sample(step, score_fn, key, x_init, ts)
-        alone, _ = S.sample(step, score_fn, keys[position:position + 1], alone_init, ts)
+        together = S.sample(step, score_fn, key, x_init, ts).x
+        alone = S.sample(step, score_fn, keys[position:position + 1], alone_init, ts).x
         diff = float(np.abs(np.asarray(alone[0], np.float64) - np.asarray(together[position], np.float64)).max())
         out[f"{i}:{step.name}"] = (diff, float(np.abs(np.asarray(together[position])).max()))
         if name == "euler_maruyama":  # the same start with the neighbour's noise: what a key mix-up looks like
-            other, _ = S.sample(step, score_fn, keys[position + 1:position + 2], alone_init, ts)
+            res = S.sample(step, score_fn, keys[position + 1:position + 2], alone_init, ts)
+            other = res.x
             out["other_key"] = (float(np.abs(np.asarray(other[0]) - np.asarray(alone[0])).max()), 0.0)
-    x_ode, _ = S.ode_sample(sde, score_fn, None, x_init)
-    x_ode1, _ = S.ode_sample(sde, score_fn, None, alone_init)
+    x_ode = S.ode_sample(sde, score_fn, None, x_init).x
+    x_ode1 = S.ode_sample(sde, score_fn, None, alone_init).x
     out["adaptive_ode"] = (float(np.abs(np.asarray(x_ode1[0]) - np.asarray(x_ode[position])).max()),
                            float(np.abs(np.asarray(x_ode[position])).max()))
     return out

@@ -46,12 +46,12 @@ def main(n):
     ts = jnp.linspace(1.0, 1e-3, 21)
     patterns = {
         "pc": lambda: S.sample(S.chain(S.langevin(SDE, snr=0.16), S.reverse_diffusion(SDE)), score_fn, key, x0, ts,
-                               denoise=False)[0],
+                               denoise=False).x,
         "two_correctors": lambda: S.sample(S.chain(S.annealed_langevin(SDE), S.annealed_langevin(SDE),
-                                                   S.euler_maruyama(SDE)), score_fn, key, x0, ts)[0],
-        "heun": lambda: S.sample(S.ode_heun(SDE), score_fn, key, x0, ts)[0],
-        "ode_sample": lambda: S.ode_sample(SDE, score_fn, key, x0, rtol=1e-3, atol=1e-3)[0],
-        "log_likelihood": lambda: log_likelihood(key, SDE, score_fn, x0[:1024], rtol=1e-3, atol=1e-3)[0],
+                                                   S.euler_maruyama(SDE)), score_fn, key, x0, ts).x,
+        "heun": lambda: S.sample(S.ode_heun(SDE), score_fn, key, x0, ts).x,
+        "ode_sample": lambda: S.ode_sample(SDE, score_fn, key, x0, rtol=1e-3, atol=1e-3).x,
+        "log_likelihood": lambda: log_likelihood(SDE, score_fn, key, x0[:1024], rtol=1e-3, atol=1e-3).logp,
     }
     for name, run in patterns.items():
         t0 = time.time()

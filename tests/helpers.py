@@ -1,6 +1,8 @@
 """Statistics shared by the tests: exact mixture moments, two-sample distances and noise floors."""
 
+import contextlib
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -109,3 +111,42 @@ class MixtureCheck:
         m = mmd2(x, self.reference)
         assert m < self.mmd_threshold, f"{label}: MMD^2 {m:.2e} above the noise floor {self.mmd_threshold:.2e}"
         return {"t2": t2, "cov_err": cov_err, "weights": w_hat, "mmd2": m}
+
+
+@contextlib.contextmanager
+def read_only_copy(src: str, where: str):
+    """A copy of the folder ``src`` inside ``where``/read_only, in a place nobody may write: a read-only
+    tmpfs when this process may mount one (root), else the copy with its write permissions removed
+    (which binds every user but root). Yields the read-only folder holding the copy (``None`` as
+    ``src`` copies nothing); skips the test when neither works."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    target = os.path.join(where, "read_only")
+    os.makedirs(target, exist_ok=True)
+    mounted = False
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", target],
+                                 capture_output=True).returncode == 0
+        if not mounted:
+            pytest.skip("running as root without permission to mount a read-only tmpfs")
+    if src is not None:
+        shutil.copytree(src, os.path.join(target, os.path.basename(src)))
+    try:
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", target], check=True, capture_output=True)
+        else:
+            for d, dirs, files in os.walk(target):
+                for name in dirs + files:
+                    p = os.path.join(d, name)
+                    os.chmod(p, os.stat(p).st_mode & ~0o222)
+            os.chmod(target, os.stat(target).st_mode & ~0o222)
+        yield target
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", target], capture_output=True)
+        else:
+            for d, dirs, files in os.walk(target):
+                os.chmod(d, os.stat(d).st_mode | 0o200)

@@ -33,7 +33,7 @@ def test_sample_compiles_once_for_fresh_steps_and_fresh_parameters():
     for seed in range(3):
         sde = VPSDE()  # built anew, as are the step, the grid and the score function
         score_fn = make_score_fn(mlp_apply, mlp_params(seed), sde)
-        outs.append(S.sample(S.dpmpp_2m(sde), score_fn, key, x, S.log_snr_timesteps(sde, 5))[0])
+        outs.append(S.sample(S.dpmpp_2m(sde), score_fn, key, x, S.log_snr_timesteps(sde, 5)).x)
     assert S.base._run.cache_size() == before + 1
     assert not np.allclose(outs[0], outs[1])  # the new parameters were used, not compiled-in old ones
 
@@ -45,7 +45,7 @@ def test_ode_sample_and_log_likelihood_compile_once_for_fresh_parameters():
         sde = VPSDE()
         score_fn = make_score_fn(mlp_apply, mlp_params(seed), sde)
         S.ode_sample(sde, score_fn, key, x, rtol=1e-3, atol=1e-3)
-        likelihood.log_likelihood(key, sde, score_fn, x, rtol=1e-3, atol=1e-3)
+        likelihood.log_likelihood(sde, score_fn, key, x, rtol=1e-3, atol=1e-3)
     assert S.ode._ode_sample.cache_size() == before_ode + 1
     assert likelihood._log_likelihood.cache_size() == before_ll + 1
 
@@ -148,9 +148,9 @@ def test_steps_of_different_classes_with_the_same_fields_are_different_programs(
     (ODEHeun(sde) and ODERK4(sde)); the compile cache must not hand one the other's program."""
     sde, key = VPSDE(), jax.random.PRNGKey(0)
     x, ts, score = jnp.ones((3, 2)), S.uniform_timesteps(sde, 4), mixture_2d().score_fn(sde)
-    heun = S.sample(S.ode_heun(sde), score, key, x, ts)[0]
-    rk4 = S.sample(S.ode_rk4(sde), score, key, x, ts)[0]
-    euler = S.sample(S.ode_euler(sde), score, key, x, ts)[0]
+    heun = S.sample(S.ode_heun(sde), score, key, x, ts).x
+    rk4 = S.sample(S.ode_rk4(sde), score, key, x, ts).x
+    euler = S.sample(S.ode_euler(sde), score, key, x, ts).x
     assert not np.allclose(heun, rk4) and not np.allclose(heun, euler) and not np.allclose(rk4, euler)
 
 
@@ -179,15 +179,15 @@ def test_jit_grad_and_vmap_around_the_driver():
         params = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), mlp_params(0))
 
         def loss_x(x):  # deterministic: the samples' mean square, through DPM-Solver++(2M)
-            return jnp.sum(S.sample(S.dpmpp_2m(sde), gm.score_fn(sde), key, x, ts)[0] ** 2)
+            return jnp.sum(S.sample(S.dpmpp_2m(sde), gm.score_fn(sde), key, x, ts).x ** 2)
 
         def loss_scale(scale):  # classifier guidance towards component 1 with a traced scale
             log_p = guidance.classifier_log_prob(lambda x, t: gm.component_log_probs(x, sde, t), jnp.ones(5, jnp.int32))
             score = guidance.classifier_guided_score(gm.score_fn(sde), log_p, scale)
-            return jnp.sum(S.sample(S.ddim(sde), score, key, x0, ts)[0][:, 0])
+            return jnp.sum(S.sample(S.ddim(sde), score, key, x0, ts).x[:, 0])
 
         def loss_params(p):
-            return jnp.sum(S.sample(S.ddim(sde), make_score_fn(mlp_apply, p, sde), key, x0, ts)[0] ** 2)
+            return jnp.sum(S.sample(S.ddim(sde), make_score_fn(mlp_apply, p, sde), key, x0, ts).x ** 2)
 
         # the user's own jit gives the driver's result
         np.testing.assert_allclose(jax.jit(loss_x)(x0), loss_x(x0), rtol=1e-12)
@@ -208,8 +208,8 @@ def test_jit_grad_and_vmap_around_the_driver():
         # vmap over keys: each key's result equals the driver called with that key
         keys = jax.random.split(key, 3)
         step = S.dpmpp_2m_sde(sde)
-        many = jax.vmap(lambda k: S.sample(step, gm.score_fn(sde), k, x0, ts)[0])(keys)
-        np.testing.assert_allclose(many[1], S.sample(step, gm.score_fn(sde), keys[1], x0, ts)[0], rtol=1e-10)
+        many = jax.vmap(lambda k: S.sample(step, gm.score_fn(sde), k, x0, ts).x)(keys)
+        np.testing.assert_allclose(many[1], S.sample(step, gm.score_fn(sde), keys[1], x0, ts).x, rtol=1e-10)
 
 
 def test_an_array_passed_twice_is_one_operand():

@@ -34,10 +34,11 @@ def _grid(n_steps):
 def _ito_errors(gm, n_steps, step="euler_maruyama", form="euler", n=N_PATHS):
     """Estimated minus exact log q_eps at the end of each reverse-SDE path (started at the exact log q_T)."""
     x0, t0 = _start(n)
-    x, log_q, nfe = samplers.sample_with_log_density(
-        samplers.get_step(step, SDE), gm.score_fn(SDE), jax.random.PRNGKey(1), x0, _grid(n_steps), form=form,
-        log_q_init=gm.log_prob(x0, SDE, t0))
-    assert int(nfe) == n_steps  # the estimator reuses the step's score: no extra evaluation
+    res = samplers.sample_with_log_density(
+                                           samplers.get_step(step, SDE), gm.score_fn(SDE), jax.random.PRNGKey(1), x0, _grid(n_steps), form=form,
+                                           log_q_init=gm.log_prob(x0, SDE, t0))
+    x, log_q, nfe = res.x, res.logp, res.nfe
+    assert int(nfe[0]) == n_steps  # the estimator reuses the step's score: no extra evaluation
     return np.asarray(log_q - gm.log_prob(x, SDE, jnp.full((n,), EPS)), np.float64)
 
 
@@ -72,8 +73,8 @@ def test_tracking_leaves_the_samples_unchanged():
     up, _ = _pair()
     x0, _ = _start(64)
     step = samplers.dpmpp_2m_sde(SDE)
-    tracked, _, _ = samplers.sample_with_log_density(step, up.score_fn(SDE), jax.random.PRNGKey(3), x0, _grid(20))
-    plain, _ = samplers.sample(step, up.score_fn(SDE), jax.random.PRNGKey(3), x0, _grid(20), denoise=False)
+    tracked = samplers.sample_with_log_density(step, up.score_fn(SDE), jax.random.PRNGKey(3), x0, _grid(20)).x
+    plain = samplers.sample(step, up.score_fn(SDE), jax.random.PRNGKey(3), x0, _grid(20), denoise=False).x
     np.testing.assert_array_equal(np.asarray(tracked), np.asarray(plain))
 
 
@@ -97,10 +98,11 @@ def test_steps_with_the_forward_noise_are_accepted():
 
 def _pf_errors(gm, n_steps, divergence="exact", n=200):
     x0, t0 = _start(n)
-    x, log_q, nfe = samplers.sample_with_log_density(
-        samplers.probability_flow_density(SDE, divergence=divergence), gm.score_fn(SDE), jax.random.PRNGKey(2), x0,
-        _grid(n_steps), log_q_init=gm.log_prob(x0, SDE, t0))
-    assert int(nfe) == 2 * n_steps
+    res = samplers.sample_with_log_density(
+                                           samplers.probability_flow_density(SDE, divergence=divergence), gm.score_fn(SDE), jax.random.PRNGKey(2), x0,
+                                           _grid(n_steps), log_q_init=gm.log_prob(x0, SDE, t0))
+    x, log_q, nfe = res.x, res.logp, res.nfe
+    assert int(nfe[0]) == 2 * n_steps
     return np.asarray(log_q - gm.log_prob(x, SDE, jnp.full((n,), EPS)), np.float64)
 
 
@@ -136,9 +138,10 @@ def _superpose(mode, n=N_PATHS, n_steps=1000, **kw):
     up, down = _pair()
     x0, t0 = _start(n)
     log_q0 = jnp.stack([up.log_prob(x0, SDE, t0), down.log_prob(x0, SDE, t0)])
-    x, log_q, kappa, nfe = superposition_sample(SDE, [up.score_fn(SDE), down.score_fn(SDE)], jax.random.PRNGKey(1),
-                                                x0, _grid(n_steps), mode=mode, log_q_init=log_q0, denoise=False, **kw)
-    return up, down, np.asarray(x), log_q0, log_q, int(nfe)
+    res = superposition_sample(SDE, [up.score_fn(SDE), down.score_fn(SDE)], jax.random.PRNGKey(1),
+                               x0, _grid(n_steps), mode=mode, log_q_init=log_q0, denoise=False, **kw)
+    x, log_q, nfe = res.x, res.logp, res.nfe
+    return up, down, np.asarray(x), log_q0, log_q, int(nfe[0])
 
 
 @pytest.mark.parametrize("weights,expected", [(None, 0.5), ([0.7, 0.3], 0.7)])
@@ -181,8 +184,9 @@ def test_and_with_three_models_keeps_equal_increments():
     x0, t0 = _start(512)
     fns = [up.score_fn(SDE), down.score_fn(SDE), right.score_fn(SDE)]
     log_q0 = jnp.stack([g.log_prob(x0, SDE, t0) for g in (up, down, right)])
-    x, log_q, kappa, _ = superposition_sample(SDE, fns, jax.random.PRNGKey(5), x0, _grid(400), mode="and",
-                                              log_q_init=log_q0, denoise=False)
+    res = superposition_sample(SDE, fns, jax.random.PRNGKey(5), x0, _grid(400), mode="and",
+                               log_q_init=log_q0, denoise=False)
+    x, log_q, kappa = res.x, res.logp, res.kappa
     inc = np.asarray(log_q - log_q0)
     assert np.max(np.abs(inc - inc[:1])) < 1e-3
     np.testing.assert_allclose(np.asarray(kappa).sum(0), 1.0, atol=1e-4)
@@ -218,14 +222,16 @@ def test_float64_paths_keep_float64_and_and_is_exact_to_rounding():
         x0 = samplers.prior_sample(SDE, jax.random.PRNGKey(0), (n, 2), jnp.float64)
         t0 = jnp.full((n,), SDE.T, jnp.float64)
         ts = jnp.linspace(SDE.T, EPS, 401, dtype=jnp.float64)
-        x, log_q, _ = samplers.sample_with_log_density(samplers.euler_maruyama(SDE), up.score_fn(SDE),
-                                                       jax.random.PRNGKey(1), x0, ts, log_q_init=up.log_prob(x0, SDE, t0))
+        res = samplers.sample_with_log_density(samplers.euler_maruyama(SDE), up.score_fn(SDE),
+                                               jax.random.PRNGKey(1), x0, ts, log_q_init=up.log_prob(x0, SDE, t0))
+        x, log_q = res.x, res.logp
         assert x.dtype == log_q.dtype == jnp.float64
         err = np.asarray(log_q - up.log_prob(x, SDE, jnp.full((n,), EPS, jnp.float64)))
         assert 0.0 < err.mean() < 0.2 and 0.45 < err.std() < 0.75  # N = 400: bias ~0.11, sd ~1.32 / 2
         log_q0 = jnp.stack([up.log_prob(x0, SDE, t0), down.log_prob(x0, SDE, t0)])
-        x, log_q, _, _ = superposition_sample(SDE, [up.score_fn(SDE), down.score_fn(SDE)], jax.random.PRNGKey(1), x0,
-                                              ts, mode="and", log_q_init=log_q0, denoise=False)
+        res = superposition_sample(SDE, [up.score_fn(SDE), down.score_fn(SDE)], jax.random.PRNGKey(1), x0,
+                                   ts, mode="and", log_q_init=log_q0, denoise=False)
+        x, log_q = res.x, res.logp
         assert x.dtype == log_q.dtype == jnp.float64
         # O1.6 in float64: the estimated log-density difference is constant to rounding (8e-14 measured there)
         assert float(jnp.max(jnp.abs((log_q[0] - log_q[1]) - (log_q0[0] - log_q0[1])))) < 1e-10

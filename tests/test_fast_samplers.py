@@ -28,8 +28,8 @@ def global_order(step, fit, ns=(40, 80, 160)):
     exact = S.gaussian_teleport(sde, x0, 1.0, 1e-3, fit)
     errs = []
     for n in ns:
-        x, _ = S.sample(step, S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0,
-                        S.log_snr_timesteps(sde, n, 1e-3, dtype=jnp.float64), denoise=False)
+        x = S.sample(step, S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0,
+                     S.log_snr_timesteps(sde, n, 1e-3, dtype=jnp.float64), denoise=False).x
         errs.append(float(jnp.sqrt(jnp.mean(jnp.sum((x - exact) ** 2, axis=1)))))
     return -np.polyfit(np.log(ns), np.log(errs), 1)[0], errs
 
@@ -73,7 +73,7 @@ def test_identities_with_the_existing_solvers():
         x0 = jnp.asarray(np.random.default_rng(2).normal(size=(64, 4)))
         ts = S.log_snr_timesteps(sde, 25, dtype=jnp.float64)
         score = S.gaussian_score(fit, sde)
-        run = lambda st: S.sample(st, score, jax.random.PRNGKey(0), x0, ts)[0]  # noqa: E731
+        run = lambda st: S.sample(st, score, jax.random.PRNGKey(0), x0, ts).x  # noqa: E731
         np.testing.assert_allclose(run(S.unipc(sde, order=2, corrector=False, lower_order_final=False)),
                                    run(S.dpmpp_2m(sde)), atol=1e-12)
         np.testing.assert_allclose(run(S.unipc(sde, order=1, corrector=False)), run(S.ddim(sde)), atol=1e-12)
@@ -91,8 +91,8 @@ def test_lower_order_final_is_set_by_the_driver():
         fit = gaussian_setup()
         x0 = jnp.asarray(np.random.default_rng(3).normal(size=(32, 4)))
         ts = S.log_snr_timesteps(sde, 5, dtype=jnp.float64)
-        a, _ = S.sample(S.unipc(sde), S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0, ts)
-        b, _ = S.sample(S.unipc(sde, lower_order_final=False), S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0, ts)
+        a = S.sample(S.unipc(sde), S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0, ts).x
+        b = S.sample(S.unipc(sde, lower_order_final=False), S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0, ts).x
     assert float(jnp.max(jnp.abs(a - b))) > 1e-6  # the last two updates ran at lower order
 
 
@@ -106,8 +106,8 @@ def test_teleport_equals_a_fine_numerical_solve():
         sde, fit = VPSDE(), gaussian_setup()
         x0 = jnp.asarray(np.random.default_rng(4).normal(size=(256, 4)))
         exact = S.gaussian_teleport(sde, x0, 1.0, 1e-3, fit)
-        solved, _ = S.sample(S.unipc(sde), S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0,
-                             S.log_snr_timesteps(sde, 2000, 1e-3, dtype=jnp.float64), denoise=False)
+        solved = S.sample(S.unipc(sde), S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0,
+                          S.log_snr_timesteps(sde, 2000, 1e-3, dtype=jnp.float64), denoise=False).x
         assert float(jnp.sqrt(jnp.mean((solved - exact) ** 2))) < 1e-5
         cov = fit.eigvecs @ jnp.diag(fit.eigvals) @ fit.eigvecs.T
         np.testing.assert_allclose(S.gaussian_teleport(sde, x0, 1.0, 1e-3, fit.mean, cov), exact, atol=1e-12)
@@ -165,13 +165,14 @@ def test_teleport_then_solve_beats_solving_all_the_way_on_a_mixture():
         sde, gm = EDM(), _mixture64()
         fit, score = _moment_fit(gm), gm.score_fn(sde)
         x_T = S.prior_sample(sde, jax.random.PRNGKey(1), (500, 3), jnp.float64)
-        ref, _ = S.sample(S.unipc(sde), score, jax.random.PRNGKey(0), x_T, S.log_snr_timesteps(sde, 1500, dtype=jnp.float64))
+        ref = S.sample(S.unipc(sde), score, jax.random.PRNGKey(0), x_T, S.log_snr_timesteps(sde, 1500, dtype=jnp.float64)).x
         for nfe in (8, 10, 20):
             step = S.dpmpp_2m(sde)
-            full, _ = S.sample(step, score, jax.random.PRNGKey(0), x_T, S.karras_timesteps(sde, nfe - 1, dtype=jnp.float64))
-            tele, n = S.teleport_sample(step, score, jax.random.PRNGKey(0), x_T, nfe - 1, fit,
-                                        S.teleport_t_skip(sde, fit, nfe=nfe))
-            assert int(n) == nfe
+            full = S.sample(step, score, jax.random.PRNGKey(0), x_T, S.karras_timesteps(sde, nfe - 1, dtype=jnp.float64)).x
+            res = S.teleport_sample(step, score, jax.random.PRNGKey(0), x_T, nfe - 1, fit,
+                                    S.teleport_t_skip(sde, fit, nfe=nfe))
+            tele, n = res.x, res.nfe
+            assert int(n[0]) == nfe
             e_full = float(jnp.mean(jnp.linalg.norm(full - ref, axis=1)))
             e_tele = float(jnp.mean(jnp.linalg.norm(tele - ref, axis=1)))
             assert e_tele <= e_full, (nfe, e_tele, e_full)
@@ -186,8 +187,8 @@ def test_teleport_error_is_small_far_out():
         fit, score = _moment_fit(gm), gm.score_fn(sde)
         x_T = S.prior_sample(sde, jax.random.PRNGKey(2), (256, 3), jnp.float64)
         t_skip = S.teleport_t_skip(sde, fit, 10.0)
-        true, _ = S.sample(S.unipc(sde), score, jax.random.PRNGKey(0), x_T,
-                           S.log_snr_timesteps(sde, 400, eps=t_skip, dtype=jnp.float64), denoise=False)
+        true = S.sample(S.unipc(sde), score, jax.random.PRNGKey(0), x_T,
+                        S.log_snr_timesteps(sde, 400, eps=t_skip, dtype=jnp.float64), denoise=False).x
         tele = S.gaussian_teleport(sde, x_T, sde.T, t_skip, fit)
         s_hat = float(sde.noise_level(jnp.asarray(t_skip)))
         a_vp = 1.0 / math.sqrt(1.0 + s_hat**2)
@@ -209,7 +210,7 @@ def test_gaussian_solver_error_matches_monte_carlo():
         # x_T from the Gaussian's own marginal at T: N(mu, Sigma + T^2 I) (a = 1)
         z = jax.random.normal(jax.random.PRNGKey(4), (20000, 4), jnp.float64)
         x_T = fit.mean[None] + (z * jnp.sqrt(fit.eigvals + sde.T**2)) @ fit.eigvecs.T
-        out, _ = S.sample(step, S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x_T, ts)
+        out = S.sample(step, S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x_T, ts).x
         exact = S.gaussian_teleport(sde, x_T, sde.T, ts[-1], fit)
         a, s = sde.marginal_coeffs(ts[-1:])
         y = (exact - a * fit.mean) @ fit.eigvecs
@@ -245,8 +246,9 @@ def test_new_steps_by_name_in_both_precisions_on_every_grid_and_batch_independen
     key = jax.random.PRNGKey(0)
     for grid in S.TIME_GRIDS:
         x_init = S.prior_sample(sde, key, (24, 2))
-        x, nfe = S.sample(step, gm.score_fn(sde), key, x_init, S.TIME_GRIDS[grid](sde, 8))
-        assert x.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(x))) and int(nfe) == 9, grid
+        res = S.sample(step, gm.score_fn(sde), key, x_init, S.TIME_GRIDS[grid](sde, 8))
+        x, nfe = res.x, res.nfe
+        assert x.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(x))) and int(nfe[0]) == 9, grid
     # batch independence, in float64: XLA vectorises the batch-8 and batch-24 mixture scores
     # differently, and an example between two components at the last, small sigma turns a last-bit
     # change of its component log-densities (of order |x - a mu|^2 / sigma^2) into ~3e-5 in float32
@@ -256,8 +258,9 @@ def test_new_steps_by_name_in_both_precisions_on_every_grid_and_batch_independen
         x_init = S.prior_sample(sde, key, (24, 2), jnp.float64)
         for grid in S.TIME_GRIDS:
             ts = S.TIME_GRIDS[grid](sde, 8, dtype=jnp.float64)
-            x, _ = S.sample(step, gm.score_fn(sde), key, x_init, ts)
-            part, _ = S.sample(step, gm.score_fn(sde), keys[5:13], x_init[5:13], ts)
+            x = S.sample(step, gm.score_fn(sde), key, x_init, ts).x
+            res = S.sample(step, gm.score_fn(sde), keys[5:13], x_init[5:13], ts)
+            part = res.x
             np.testing.assert_allclose(part, x[5:13], atol=1e-9, err_msg=grid)
             assert x.dtype == jnp.float64 and bool(jnp.all(jnp.isfinite(x)))
 
@@ -270,7 +273,7 @@ def test_unipc_and_3m_reproduce_the_mixture_for_new_processes():
     for sde, step, grid, steps in ((EDM(), S.unipc(EDM()), "karras", 30),
                                    (RectifiedFlow(), S.unipc(RectifiedFlow()), "log_snr", 30),
                                    (VPSDE(), S.dpmpp_3m_sde(VPSDE()), "log_snr", 300)):
-        x, _ = S.sample(step, gm.score_fn(sde), key, S.prior_sample(sde, key, (n, 2)), S.TIME_GRIDS[grid](sde, steps))
+        x = S.sample(step, gm.score_fn(sde), key, S.prior_sample(sde, key, (n, 2)), S.TIME_GRIDS[grid](sde, steps)).x
         check.check(x, f"{type(sde).__name__}/{step.name}")
 
 
@@ -304,8 +307,9 @@ def test_run_layer_builds_a_teleporting_sampler_on_a_fitted_grid(tmp_path):
     assert sampler.t_skip == pytest.approx(S.teleport_t_skip(sde, fit, nfe=6))
     ts = np.asarray(sampler.timesteps)
     assert ts[0] == pytest.approx(sampler.t_skip) and np.all(np.diff(ts) < 0) and len(ts) == 6
-    x, nfe = sampler(S.gaussian_score(fit, sde), jax.random.PRNGKey(0), S.prior_sample(sde, jax.random.PRNGKey(0), (8, 2)))
-    assert int(nfe) == 6 and bool(jnp.all(jnp.isfinite(x)))
+    res = sampler(S.gaussian_score(fit, sde), jax.random.PRNGKey(0), S.prior_sample(sde, jax.random.PRNGKey(0), (8, 2)))
+    x, nfe = res.x, res.nfe
+    assert int(nfe[0]) == 6 and bool(jnp.all(jnp.isfinite(x)))
     assert build.build_sampler(config, sde, str(tmp_path)) == sampler  # the stored fit: the same sampler value
     with pytest.raises(ValueError, match="sampling.teleport must be"):
         build.build_sampler(configs.load_config("toy2d", ["sampling.teleport='far'"]), sde)

@@ -51,10 +51,11 @@ def test_inpainting_keeps_known_values_exactly_and_conditions_the_rest(sampler, 
     mask = jnp.array([1.0, 0.0])
     step = samplers.get_step(sampler, SDE)
     grid = samplers.log_snr_timesteps(SDE, steps) if sampler == "dpmpp_2m_sde" else samplers.uniform_timesteps(SDE, steps)
-    x, nfe = guidance.inpaint_sample(step, gm.score_fn(SDE), jax.random.PRNGKey(0), y, mask, grid)
+    res = guidance.inpaint_sample(step, gm.score_fn(SDE), jax.random.PRNGKey(0), y, mask, grid)
+    x, nfe = res.x, res.nfe
     x = np.asarray(x)
     np.testing.assert_array_equal(x[:, 0], np.asarray(y[:, 0]))  # exactly the input
-    assert int(nfe) == steps * step.nfe + 1
+    assert int(nfe[0]) == steps * step.nfe + 1
     top, bottom = x[0::2, 1], x[1::2, 1]
     assert np.all(np.isfinite(x))
     assert abs(top.mean() - 2.0) < 0.15 and abs(bottom.mean() + 2.0) < 0.15, (top.mean(), bottom.mean())
@@ -70,9 +71,9 @@ def test_inpainting_is_batch_independent_and_checks_its_inputs():
     mask = jnp.array([0.0, 1.0])
     step = samplers.ddim(SDE)
     grid = samplers.uniform_timesteps(SDE, 10)
-    a, _ = guidance.inpaint_sample(step, gm.score_fn(SDE), jax.random.PRNGKey(2), y, mask, grid)
+    a = guidance.inpaint_sample(step, gm.score_fn(SDE), jax.random.PRNGKey(2), y, mask, grid).x
     keys = samplers.example_keys(jax.random.PRNGKey(2), 8)
-    b, _ = guidance.inpaint_sample(step, gm.score_fn(SDE), keys[3:5], y[3:5], mask, grid)
+    b = guidance.inpaint_sample(step, gm.score_fn(SDE), keys[3:5], y[3:5], mask, grid).x
     np.testing.assert_allclose(np.asarray(a[3:5]), np.asarray(b), atol=1e-5)
     with pytest.raises(ValueError, match="must broadcast to the data's shape"):
         guidance.inpaint_sample(step, gm.score_fn(SDE), jax.random.PRNGKey(2), y, jnp.ones((3,)), grid)
@@ -94,8 +95,8 @@ def test_colour_basis_and_colourisation_keep_the_grey_image():
 
     images = gm.sample(jax.random.PRNGKey(3), 64).reshape(64, 2, 2, 3)
     grey = jnp.mean(images, axis=-1, keepdims=True)
-    x, _ = guidance.colorize_sample(samplers.dpmpp_2m(SDE), score_fn, jax.random.PRNGKey(4), grey,
-                                    samplers.log_snr_timesteps(SDE, 30))
+    x = guidance.colorize_sample(samplers.dpmpp_2m(SDE), score_fn, jax.random.PRNGKey(4), grey,
+                                 samplers.log_snr_timesteps(SDE, 30)).x
     assert x.shape == (64, 2, 2, 3)
     np.testing.assert_allclose(np.asarray(jnp.mean(x, axis=-1, keepdims=True)), np.asarray(grey), atol=2e-6)
     # both colourings have the same grey image, so the grey channel cannot pick one: each sample must
@@ -115,7 +116,7 @@ def test_colour_basis_and_colourisation_keep_the_grey_image():
 def _guided_sample(score_fn, labels=None, n=2000, key=5):
     step = samplers.dpmpp_2m(SDE)
     x_init = samplers.prior_sample(SDE, jax.random.PRNGKey(key), (n, 2))
-    x, _ = samplers.sample(step, score_fn, jax.random.PRNGKey(key), x_init, samplers.log_snr_timesteps(SDE, 40))
+    x = samplers.sample(step, score_fn, jax.random.PRNGKey(key), x_init, samplers.log_snr_timesteps(SDE, 40)).x
     return x
 
 

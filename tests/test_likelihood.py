@@ -34,7 +34,8 @@ def test_exact_divergence_recovers_the_mixture_log_density(proc, dim):
     sde = PROCESSES[proc]
     gm = mixture_2d() if dim == 2 else mixture_16d()
     x = marginal_samples(gm, sde, 24, jax.random.PRNGKey(dim))
-    logp, z, nfe = log_likelihood(jax.random.PRNGKey(0), sde, gm.score_fn(sde), x, divergence="exact")
+    res = log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(0), x, divergence="exact")
+    logp, z, nfe = res.logp, res.z, res.nfe
     exact = np.asarray(gm.log_prob(x, sde, jnp.full((24,), EPS)), np.float64)
     mismatch = np.asarray(gm.log_prob(z, sde, jnp.full((24,), 1.0)) - sde.prior_logp(z), np.float64)
     got = np.asarray(logp, np.float64) + mismatch
@@ -53,8 +54,8 @@ def test_hutchinson_estimates_are_unbiased(divergence):
     4 standard errors. Prints the variance of each estimator."""
     sde, gm = VPSDE(), mixture_16d()
     x = jnp.repeat(marginal_samples(gm, sde, 1, jax.random.PRNGKey(3)), 400, axis=0)
-    exact, _, _ = log_likelihood(jax.random.PRNGKey(0), sde, gm.score_fn(sde), x[:1], divergence="exact")
-    est, _, _ = log_likelihood(jax.random.PRNGKey(1), sde, gm.score_fn(sde), x, divergence=divergence)
+    exact = log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(0), x[:1], divergence="exact").logp
+    est = log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(1), x, divergence=divergence).logp
     est = np.asarray(est, np.float64)
     se = est.std() / math.sqrt(len(est))
     print(f"{divergence}: mean {est.mean():.4f} vs exact {float(exact[0]):.4f}, variance {est.var():.4f}")
@@ -65,7 +66,7 @@ def test_hutchinson_estimates_are_unbiased(divergence):
 def test_rademacher_has_lower_variance_than_gaussian():
     sde, gm = VPSDE(), mixture_16d()
     x = jnp.repeat(marginal_samples(gm, sde, 1, jax.random.PRNGKey(3)), 200, axis=0)
-    var = {d: float(jnp.var(log_likelihood(jax.random.PRNGKey(1), sde, gm.score_fn(sde), x, divergence=d)[0]))
+    var = {d: float(jnp.var(log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(1), x, divergence=d).logp))
            for d in ("rademacher", "gaussian")}
     print(f"Hutchinson variance: rademacher {var['rademacher']:.4f}, gaussian {var['gaussian']:.4f}")
     assert var["rademacher"] < var["gaussian"]
@@ -99,7 +100,7 @@ def test_bits_per_dim_of_a_discretised_gaussian(levels, std, tol):
     model = GaussianMixture(jnp.ones(1), jnp.full((1, dim), mean), var * jnp.eye(dim)[None])
     sde = VPSDE()
     kw = dict(levels=levels, data_range=(-1.0, 1.0), divergence="exact")
-    bpd1, _ = bits_per_dim(jax.random.PRNGKey(1), sde, model.score_fn(sde), k, **kw)
+    bpd1 = bits_per_dim(sde, model.score_fn(sde), jax.random.PRNGKey(1), k, **kw).bpd
     bpd1 = np.asarray(bpd1, np.float64)
     se = bpd1.std() / math.sqrt(n)
     # the exact dequantised bound, per example, through the closed-form model density
@@ -107,7 +108,8 @@ def test_bits_per_dim_of_a_discretised_gaussian(levels, std, tol):
     assert bpd1.mean() > true_bpd - 4 * se
     assert bpd1.mean() < true_bpd + tol + 4 * se
     if levels == 17:
-        bpd8, _ = bits_per_dim(jax.random.PRNGKey(1), sde, model.score_fn(sde), k, num_dequantizations=8, **kw)
+        res = bits_per_dim(sde, model.score_fn(sde), jax.random.PRNGKey(1), k, num_dequantizations=8, **kw)
+        bpd8 = res.bpd
         bpd8 = np.asarray(bpd8, np.float64)
         print(f"levels=17: bpd (K=8) {bpd8.mean():.4f}")
         assert bpd8.mean() < bpd1.mean()
@@ -125,9 +127,9 @@ def test_bits_per_dim_is_never_negative_after_dequantisation():
     sde = VPSDE()
     idx = np.asarray(jax.random.randint(jax.random.PRNGKey(0), (n, dim), 0, 3))
     k = np.array([3, 8, 12])[idx]
-    bpd, _ = bits_per_dim(jax.random.PRNGKey(1), sde, model.score_fn(sde), k, levels=levels, divergence="exact")
+    bpd = bits_per_dim(sde, model.score_fn(sde), jax.random.PRNGKey(1), k, levels=levels, divergence="exact").bpd
     naive_x = jnp.asarray(2 * (k + 0.5) / levels - 1, jnp.float32)
-    naive_logp, _, _ = log_likelihood(jax.random.PRNGKey(2), sde, model.score_fn(sde), naive_x, divergence="exact")
+    naive_logp = log_likelihood(sde, model.score_fn(sde), jax.random.PRNGKey(2), naive_x, divergence="exact").logp
     naive_bpd = -np.asarray(naive_logp) / (dim * math.log(2))
     print(f"dequantised bpd {float(bpd.mean()):.3f} (true {math.log2(3):.3f}); naive {naive_bpd.mean():.3f}")
     assert naive_bpd.mean() < 0  # the bug the dequantisation fixes
@@ -141,8 +143,8 @@ def test_gradient_matches_finite_differences():
         x = jnp.asarray(marginal_samples(gm, sde, 3, jax.random.PRNGKey(4)), jnp.float64)
 
         def total(x):
-            return jnp.sum(log_likelihood(jax.random.PRNGKey(0), sde, gm.score_fn(sde), x, divergence="exact",
-                                          rtol=1e-9, atol=1e-9)[0])
+            return jnp.sum(log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(0), x, divergence="exact",
+                                          rtol=1e-9, atol=1e-9).logp)
 
         grad = np.asarray(jax.grad(total)(x))
         h = 1e-4
@@ -160,8 +162,10 @@ def test_results_do_not_depend_on_the_batch():
     sde, gm = VESDE(), mixture_16d()
     x = marginal_samples(gm, sde, 5, jax.random.PRNGKey(5))
     key = jax.random.PRNGKey(9)
-    batch, z_b, nfe_b = log_likelihood(key, sde, gm.score_fn(sde), x)
-    alone, z_a, nfe_a = log_likelihood(example_keys(key, 5)[2:3], sde, gm.score_fn(sde), x[2:3])
+    res = log_likelihood(sde, gm.score_fn(sde), key, x)
+    batch, nfe_b = res.logp, res.nfe
+    res = log_likelihood(sde, gm.score_fn(sde), example_keys(key, 5)[2:3], x[2:3])
+    alone = res.logp
     np.testing.assert_allclose(float(alone[0]), float(batch[2]), rtol=1e-4)
     assert nfe_b.shape == (5,)
 
@@ -178,26 +182,27 @@ def test_bad_inputs_raise_clear_errors():
     sde, gm = VPSDE(), mixture_2d()
     sf, key = gm.score_fn(sde), jax.random.PRNGKey(0)
     with pytest.raises(ValueError, match="x must have shape"):
-        log_likelihood(key, sde, sf, jnp.ones((4,)))
+        log_likelihood(sde, sf, key, jnp.ones((4,)))
     with pytest.raises(ValueError, match="unknown divergence 'hutchinson'"):
-        log_likelihood(key, sde, sf, jnp.ones((4, 2)), divergence="hutchinson")
+        log_likelihood(sde, sf, key, jnp.ones((4, 2)), divergence="hutchinson")
     with pytest.raises(ValueError, match="n_probes"):
-        log_likelihood(key, sde, sf, jnp.ones((4, 2)), n_probes=0)
+        log_likelihood(sde, sf, key, jnp.ones((4, 2)), n_probes=0)
     with pytest.raises(ValueError, match=r"integer data in \{0, ..., 255\}"):
-        bits_per_dim(key, sde, sf, jnp.full((2, 2), 256.0))
+        bits_per_dim(sde, sf, key, jnp.full((2, 2), 256.0))
     with pytest.raises(ValueError, match=r"integer data in \{0, ..., 16\}"):
-        bits_per_dim(key, sde, sf, jnp.full((2, 2), -1.0), levels=17)
+        bits_per_dim(sde, sf, key, jnp.full((2, 2), -1.0), levels=17)
     with pytest.raises(ValueError, match="not whole numbers"):
-        bits_per_dim(key, sde, sf, jnp.full((2, 2), 0.5))
+        bits_per_dim(sde, sf, key, jnp.full((2, 2), 0.5))
     with pytest.raises(ValueError, match="levels must be an integer >= 2"):
-        bits_per_dim(key, sde, sf, jnp.zeros((2, 2)), levels=1)
+        bits_per_dim(sde, sf, key, jnp.zeros((2, 2)), levels=1)
 
 
 def test_batch_step_control_gives_the_same_log_density():
     """per_example=False (one error norm for the batch, the original's design) agrees with the exact density."""
     sde, gm = SubVPSDE(), mixture_2d()
     x = marginal_samples(gm, sde, 16, jax.random.PRNGKey(6))
-    logp, _, nfe = log_likelihood(jax.random.PRNGKey(0), sde, gm.score_fn(sde), x, divergence="exact", per_example=False)
+    res = log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(0), x, divergence="exact", per_example=False)
+    logp, nfe = res.logp, res.nfe
     exact = np.asarray(gm.log_prob(x, sde, jnp.full((16,), EPS)), np.float64)
     assert np.max(np.abs(np.asarray(logp) - exact) / np.maximum(np.abs(exact), 1.0)) < 5e-3
     assert np.all(np.asarray(nfe) == int(nfe[0]))
@@ -210,8 +215,9 @@ def test_batched_solver_matches_diffrax_and_the_exact_density(method):
     sde, gm = VPSDE(), mixture_2d()
     x = marginal_samples(gm, sde, 8, jax.random.PRNGKey(7))
     key = jax.random.PRNGKey(0)
-    fast, _, nfe = log_likelihood(key, sde, gm.score_fn(sde), x, divergence="exact", method=method, rtol=1e-4, atol=1e-4)
-    ref, _, _ = log_likelihood(key, sde, gm.score_fn(sde), x, divergence="exact", solver="diffrax", rtol=1e-6, atol=1e-6)
+    res = log_likelihood(sde, gm.score_fn(sde), key, x, divergence="exact", method=method, rtol=1e-4, atol=1e-4)
+    fast, nfe = res.logp, res.nfe
+    ref = log_likelihood(sde, gm.score_fn(sde), key, x, divergence="exact", solver="diffrax", rtol=1e-6, atol=1e-6).logp
     exact = np.asarray(gm.log_prob(x, sde, jnp.full((8,), EPS)), np.float64)
     assert np.max(np.abs(np.asarray(fast, np.float64) - exact)) / 2 < 0.01
     assert np.max(np.abs(np.asarray(fast, np.float64) - np.asarray(ref, np.float64))) / 2 < 0.01
@@ -224,16 +230,16 @@ def test_solve_batched_steps_each_example_on_its_own():
     from diffjax.samplers.ode import solve_batched
 
     rates = jnp.array([0.5, 3.0, 20.0])
-    y1, nfe = solve_batched(lambda t, y: -rates * y, jnp.ones(3), 0.0, 1.0, rtol=1e-6, atol=1e-6)
+    y1, nfe, _ = solve_batched(lambda t, y: -rates * y, jnp.ones(3), 0.0, 1.0, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(y1), np.exp(-np.asarray(rates)), rtol=1e-4, atol=1e-6)
-    alone, nfe_alone = solve_batched(lambda t, y: -rates[:1] * y, jnp.ones(1), 0.0, 1.0, rtol=1e-6, atol=1e-6)
+    alone, nfe_alone, _ = solve_batched(lambda t, y: -rates[:1] * y, jnp.ones(1), 0.0, 1.0, rtol=1e-6, atol=1e-6)
     assert float(alone[0]) == pytest.approx(float(y1[0]), rel=1e-6)
     assert int(nfe_alone[0]) == int(nfe[0]) < int(nfe[2])
-    shared, nfe_shared = solve_batched(lambda t, y: -rates * y, jnp.ones(3), 0.0, 1.0, rtol=1e-6, atol=1e-6,
+    shared, nfe_shared, _ = solve_batched(lambda t, y: -rates * y, jnp.ones(3), 0.0, 1.0, rtol=1e-6, atol=1e-6,
                                        per_example=False)
     np.testing.assert_allclose(np.asarray(shared), np.exp(-np.asarray(rates)), rtol=1e-4, atol=1e-6)
     assert np.all(np.asarray(nfe_shared) == int(nfe_shared[0]))
-    short, _ = solve_batched(lambda t, y: -rates * y, jnp.ones(3), 0.0, 1.0, rtol=1e-9, atol=1e-9, max_steps=3)
+    short, _, _ = solve_batched(lambda t, y: -rates * y, jnp.ones(3), 0.0, 1.0, rtol=1e-9, atol=1e-9, max_steps=3)
     assert np.all(np.isnan(np.asarray(short)))  # out of steps: NaN, never a silently wrong value
 
 
@@ -241,11 +247,11 @@ def test_unknown_solver_or_method_raises():
     sde, gm = VPSDE(), mixture_2d()
     sf, key, x = gm.score_fn(sde), jax.random.PRNGKey(0), jnp.ones((2, 2))
     with pytest.raises(ValueError, match="unknown solver 'scipy'"):
-        log_likelihood(key, sde, sf, x, solver="scipy")
+        log_likelihood(sde, sf, key, x, solver="scipy")
     with pytest.raises(ValueError, match="unknown ODE method 'bosh3'"):
-        log_likelihood(key, sde, sf, x, solver="diffrax", method="bosh3")
+        log_likelihood(sde, sf, key, x, solver="diffrax", method="bosh3")
     with pytest.raises(ValueError, match="unknown ODE method 'euler'"):
-        log_likelihood(key, sde, sf, x, method="euler")
+        log_likelihood(sde, sf, key, x, method="euler")
 
 
 @pytest.mark.parametrize("proc", ["vp", "ve"])
@@ -274,8 +280,10 @@ def test_closed_form_divergence_gives_the_exact_divergence_likelihood():
     sde, gm = VPSDE(), mixture_16d()
     x = marginal_samples(gm, sde, 16, jax.random.PRNGKey(8))
     key = jax.random.PRNGKey(0)
-    exact_div, _, nfe_a = log_likelihood(key, sde, gm.score_fn(sde), x, divergence="exact")
-    closed, z, nfe_b = log_likelihood(key, sde, gm.score_fn(sde), x, divergence=gm.score_divergence_fn(sde))
+    res = log_likelihood(sde, gm.score_fn(sde), key, x, divergence="exact")
+    exact_div, nfe_a = res.logp, res.nfe
+    res = log_likelihood(sde, gm.score_fn(sde), key, x, divergence=gm.score_divergence_fn(sde))
+    closed, nfe_b = res.logp, res.nfe
     np.testing.assert_allclose(np.asarray(closed), np.asarray(exact_div), rtol=0, atol=2e-3)
     exact = np.asarray(gm.log_prob(x, sde, jnp.full((16,), EPS)), np.float64)
     assert np.max(np.abs(np.asarray(closed, np.float64) - exact) / np.maximum(np.abs(exact), 1.0)) < 5e-3
@@ -285,7 +293,7 @@ def test_closed_form_divergence_gives_the_exact_divergence_likelihood():
         return jnp.sum(gm.score_divergence(x, sde, t))[None]
 
     with pytest.raises(ValueError, match=r"one value per example, shape \(16,\); got \(1,\)"):
-        log_likelihood(key, sde, gm.score_fn(sde), x, divergence=per_batch)
+        log_likelihood(sde, gm.score_fn(sde), key, x, divergence=per_batch)
 
 
 def test_closed_form_divergence_at_a_users_batch_in_float64_compiles_once():
@@ -302,9 +310,10 @@ def test_closed_form_divergence_at_a_users_batch_in_float64_compiles_once():
         x = a * gm.sample(jax.random.PRNGKey(1), 4096) + s * jax.random.normal(jax.random.PRNGKey(2), (4096, 2),
                                                                              jnp.float64)
         key = jax.random.PRNGKey(0)
-        closed, z, _ = log_likelihood(key, sde, gm.score_fn(sde), x, divergence=gm.score_divergence_fn(sde),
-                                      rtol=1e-7, atol=1e-7)
-        traced, _, _ = log_likelihood(key, sde, gm.score_fn(sde), x, divergence="exact", rtol=1e-7, atol=1e-7)
+        res = log_likelihood(sde, gm.score_fn(sde), key, x, divergence=gm.score_divergence_fn(sde),
+                             rtol=1e-7, atol=1e-7)
+        closed, z = res.logp, res.z
+        traced = log_likelihood(sde, gm.score_fn(sde), key, x, divergence="exact", rtol=1e-7, atol=1e-7).logp
         assert closed.dtype == jnp.float64
         np.testing.assert_allclose(np.asarray(closed), np.asarray(traced), rtol=0, atol=1e-10)
         exact = gm.log_prob(x, sde, jnp.full((4096,), EPS))
@@ -313,6 +322,6 @@ def test_closed_form_divergence_at_a_users_batch_in_float64_compiles_once():
         compiled = _log_likelihood.cache_size()
         for _ in range(2):
             fresh = GaussianMixture(*(jnp.asarray(v, jnp.float64) for v in (g32.weights, g32.means, g32.covs)))
-            log_likelihood(key, sde, fresh.score_fn(sde), x, divergence=fresh.score_divergence_fn(sde),
+            log_likelihood(sde, fresh.score_fn(sde), key, x, divergence=fresh.score_divergence_fn(sde),
                            rtol=1e-7, atol=1e-7)
         assert _log_likelihood.cache_size() == compiled

@@ -63,7 +63,7 @@ CASES_2D = [pytest.param(proc, cfg, id=f"{cfg[0]}-{proc}",
 @pytest.mark.parametrize("proc,cfg", CASES_2D)
 def test_samplers_reproduce_a_2d_mixture(proc, cfg):
     sde = PROCESSES[proc]
-    x, _ = run_config(sde, mixture_2d(), cfg)
+    x = run_config(sde, mixture_2d(), cfg).x
     checker(2).check(x, f"{proc}/{cfg[0]}")
 
 
@@ -81,8 +81,8 @@ def test_the_default_pc_sampler_reproduces_low_dimensional_mixtures(proc, correc
     sde = PROCESSES[proc]
     step = S.get_step("pc", sde, corrector=corrector)
     key = jax.random.PRNGKey(7)
-    x, _ = S.sample(step, MIXTURES[dim]().score_fn(sde), key, S.prior_sample(sde, key, (N_SAMPLES, dim)),
-                    S.uniform_timesteps(sde, 1000))
+    x = S.sample(step, MIXTURES[dim]().score_fn(sde), key, S.prior_sample(sde, key, (N_SAMPLES, dim)),
+                 S.uniform_timesteps(sde, 1000)).x
     checker(dim).check(x, f"{proc}/pc/{corrector}/{dim}-D")
 
 
@@ -93,8 +93,8 @@ def test_per_example_langevin_norms_are_biased_in_low_dimension():
     sde = VPSDE()
     step = S.chain(S.langevin(sde, norms="per_example"), S.reverse_diffusion(sde))
     key = jax.random.PRNGKey(7)
-    x, _ = S.sample(step, mixture_3d().score_fn(sde), key, S.prior_sample(sde, key, (N_SAMPLES, 3)),
-                    S.uniform_timesteps(sde, 1000))
+    x = S.sample(step, mixture_3d().score_fn(sde), key, S.prior_sample(sde, key, (N_SAMPLES, 3)),
+                 S.uniform_timesteps(sde, 1000)).x
     with pytest.raises(AssertionError, match="off|weights|MMD"):
         checker(3).check(x, "per-example norms")
 
@@ -116,14 +116,14 @@ CASES_16D = [pytest.param(proc, cfg, id=f"{cfg[0]}-{proc}",
 @pytest.mark.parametrize("proc,cfg", CASES_16D)
 def test_samplers_reproduce_a_16d_mixture(proc, cfg):
     sde = PROCESSES[proc]
-    x, _ = run_config(sde, mixture_16d(), cfg)
+    x = run_config(sde, mixture_16d(), cfg).x
     checker(16).check(x, f"{proc}/{cfg[0]}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg", CONFIGS_16D, ids=[c[0] for c in CONFIGS_16D])
 def test_samplers_reproduce_a_16d_mixture_subvp(cfg):
-    x, _ = run_config(PROCESSES["subvp"], mixture_16d(), cfg)
+    x = run_config(PROCESSES["subvp"], mixture_16d(), cfg).x
     checker(16).check(x, f"subvp/{cfg[0]}")
 
 
@@ -134,7 +134,8 @@ def test_adaptive_ode_reproduces_the_mixture(proc, dim):
     gm = mixture_2d() if dim == 2 else mixture_16d()
     key = jax.random.PRNGKey(7)
     x_init = S.prior_sample(sde, key, (N_SAMPLES, dim))
-    x, nfe = S.ode_sample(sde, gm.score_fn(sde), key, x_init, rtol=1e-4, atol=1e-4)
+    res = S.ode_sample(sde, gm.score_fn(sde), key, x_init, rtol=1e-4, atol=1e-4)
+    x, nfe = res.x, res.nfe
     checker(dim).check(x, f"{proc}/adaptive")
     assert nfe.shape == (N_SAMPLES,) and int(nfe.min()) > 10
 
@@ -176,7 +177,8 @@ def test_ode_solvers_converge_at_their_order(name, grid, order, proc):
         for n in ns:
             ts = S.TIME_GRIDS[grid](sde, n).astype(jnp.float64)
             exact = _exact_flow(sde, m, lam, x_init, ts[0], ts[-1])
-            x, _ = S.sample(S.get_step(name, sde), gm.score_fn(sde), jax.random.PRNGKey(1), x_init, ts, denoise=False)
+            res = S.sample(S.get_step(name, sde), gm.score_fn(sde), jax.random.PRNGKey(1), x_init, ts, denoise=False)
+            x = res.x
             errs.append(float(jnp.sqrt(jnp.mean((x - exact) ** 2))))
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
     print(f"{proc} {name}: errors {['%.2e' % e for e in errs]}, slope {slope:.2f}")
@@ -195,8 +197,8 @@ def test_euler_maruyama_has_weak_order_one():
     x_init = S.prior_sample(sde, jax.random.PRNGKey(0), (n_paths, 1))
     ns, errs = [16, 32, 64], []
     for n in ns:
-        x, _ = S.sample(S.euler_maruyama(sde), gm.score_fn(sde), jax.random.PRNGKey(n), x_init,
-                        S.uniform_timesteps(sde, n), denoise=False)
+        x = S.sample(S.euler_maruyama(sde), gm.score_fn(sde), jax.random.PRNGKey(n), x_init,
+                     S.uniform_timesteps(sde, n), denoise=False).x
         errs.append(abs(float(jnp.mean(x.astype(jnp.float32) ** 2)) - exact))
     se = 2.0 * math.sqrt(2.0 / n_paths)  # MC error of the second moment, generously
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
@@ -275,11 +277,12 @@ def test_nfe_is_counted_right(name, opts, denoise):
     sde, gm = VESDE(), mixture_2d()
     counted, count = _counting(gm.score_fn(sde))
     step = S.get_step(name, sde, **opts)
-    x, nfe = S.sample(step, counted, jax.random.PRNGKey(0), S.prior_sample(sde, jax.random.PRNGKey(0), (3, 2)),
-                      S.uniform_timesteps(sde, 5), denoise=denoise)
+    res = S.sample(step, counted, jax.random.PRNGKey(0), S.prior_sample(sde, jax.random.PRNGKey(0), (3, 2)),
+                   S.uniform_timesteps(sde, 5), denoise=denoise)
+    x, nfe = res.x, res.nfe
     jax.block_until_ready(x)
     jax.effects_barrier()
-    assert int(nfe) == count["n"] == 5 * step.nfe + int(denoise)
+    assert int(nfe[0]) == count["n"] == 5 * step.nfe + int(denoise)
 
 
 @pytest.mark.parametrize("method", ["tsit5", "dopri5"])
@@ -287,8 +290,9 @@ def test_nfe_is_counted_right(name, opts, denoise):
 def test_adaptive_nfe_is_counted_right(method, per_example):
     sde, gm = VPSDE(), mixture_2d()
     counted, count = _counting(gm.score_fn(sde))
-    x, nfe = S.ode_sample(sde, counted, None, S.prior_sample(sde, jax.random.PRNGKey(1), (1 if per_example else 5, 2)),
-                          method=method, per_example=per_example)
+    res = S.ode_sample(sde, counted, None, S.prior_sample(sde, jax.random.PRNGKey(1), (1 if per_example else 5, 2)),
+                       method=method, per_example=per_example)
+    x, nfe = res.x, res.nfe
     jax.block_until_ready(x)
     jax.effects_barrier()
     assert int(nfe[0]) == count["n"]
@@ -325,14 +329,14 @@ def test_sampling_works_on_sharded_inputs_and_under_vmap():
     ts = S.log_snr_timesteps(sde, 10)
     key = jax.random.PRNGKey(5)
     x_init = S.prior_sample(sde, key, (16, 2))
-    plain, _ = S.sample(step, gm.score_fn(sde), key, x_init, ts)
+    plain = S.sample(step, gm.score_fn(sde), key, x_init, ts).x
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharded_init = jax.device_put(x_init, NamedSharding(mesh, PartitionSpec("data")))
-    sharded, _ = S.sample(step, gm.score_fn(sde), key, sharded_init, ts)
+    sharded = S.sample(step, gm.score_fn(sde), key, sharded_init, ts).x
     np.testing.assert_allclose(np.asarray(sharded), np.asarray(plain), rtol=1e-6, atol=1e-6)
-    many = jax.vmap(lambda k: S.sample(step, gm.score_fn(sde), k, x_init, ts)[0])(jax.random.split(key, 3))
+    many = jax.vmap(lambda k: S.sample(step, gm.score_fn(sde), k, x_init, ts).x)(jax.random.split(key, 3))
     assert many.shape == (3, 16, 2)
-    single, _ = S.sample(step, gm.score_fn(sde), jax.random.split(key, 3)[0], x_init, ts)
+    single = S.sample(step, gm.score_fn(sde), jax.random.split(key, 3)[0], x_init, ts).x
     np.testing.assert_allclose(np.asarray(many[0]), np.asarray(single), rtol=1e-5, atol=1e-6)
 
 
@@ -415,7 +419,7 @@ def test_every_step_runs_on_every_grid_in_float32_and_float64(name):
             score_fn = _point_mass_score(sde, mu.astype(dtype))
             for grid_name, grid in S.TIME_GRIDS.items():
                 for ts in (grid(sde, 4, dtype=dtype), grid(sde, 4)):  # the grid's own dtype, or float32 promoted
-                    x, nfe = S.sample(step, score_fn, jax.random.PRNGKey(1), x_init, ts)
+                    x = S.sample(step, score_fn, jax.random.PRNGKey(1), x_init, ts).x
                     assert x.dtype == dtype, (name, grid_name, dtype, x.dtype)
                     assert bool(jnp.all(jnp.isfinite(x))), (name, grid_name, dtype)
 
@@ -430,8 +434,8 @@ def test_exponential_integrators_are_exact_for_a_point_mass_in_float64(name, pro
         mu = jnp.array([0.5, -1.0], jnp.float64)
         x_init = S.prior_sample(sde, jax.random.PRNGKey(0), (16, 2), jnp.float64)
         ts = S.log_snr_timesteps(sde, 7, dtype=jnp.float64)
-        x, _ = S.sample(S.get_step(name, sde), _point_mass_score(sde, mu), jax.random.PRNGKey(1), x_init, ts,
-                        denoise=False)
+        x = S.sample(S.get_step(name, sde), _point_mass_score(sde, mu), jax.random.PRNGKey(1), x_init, ts,
+                     denoise=False).x
         a_t, s_t = sde.marginal_coeffs(ts[0])
         a_s, s_s = sde.marginal_coeffs(ts[-1])
         exact = a_s * mu + (s_s / s_t) * (x_init - a_t * mu)

@@ -237,8 +237,11 @@ def test_invalid_parameters_are_rejected():
         VPSDE(beta_min=0.0)
     with pytest.raises(ValueError, match="0 < beta_min < beta_max"):
         SubVPSDE(beta_min=5.0, beta_max=1.0)
-    for bad_n in (0, 2.5, -3, True):
+    for bad_n in (0, -3):
         with pytest.raises(ValueError, match="N"):
+            VPSDE(N=bad_n)
+    for bad_n in (2.5, True):  # not an integer: a TypeError (was a ValueError before issue 27)
+        with pytest.raises(TypeError, match="N must be an integer"):
             VPSDE(N=bad_n)
 
 

@@ -8,22 +8,34 @@ set a key that exists there (network options under ``model.options`` are checked
 network's own options instead). Names: ``digits`` (the default job), ``toy2d``, and the paper's
 CIFAR-10 runs (``cifar10_ve_ncsnpp_continuous``, ``cifar10_vp_ddpmpp_deep_continuous``, ...). A
 config file of your own defines ``get_config()``, usually starting from
-``from diffjax.configs import get_default``.
+``from diffjax.configs import get_default``; it may also return a plain dict of the keys it sets, and
+a run's saved ``config.json`` loads as a config too. Every config, however it was made, is checked
+against the schema (:func:`validate`): a misspelled key, a value of the wrong type or a non-finite
+number is an error that names it.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib
 import importlib.util
+import json
+import math
 import os
 import pkgutil
 import sys
 from typing import Sequence
 
+import ml_collections
+
 from diffjax.configs.default import get_default
 
-__all__ = ["get_default", "names", "load_config", "apply_overrides", "parse_value", "with_defaults"]
+__all__ = ["get_default", "names", "load_config", "apply_overrides", "parse_value", "with_defaults", "validate",
+           "from_dict"]
+
+# numbers that may be infinite: PFGM++ with D = inf is EDM
+_MAY_BE_INFINITE = ("sde.pfgmpp_D",)
 
 _NOT_CONFIGS = ("default",)
 
@@ -49,22 +61,125 @@ def _module(name_or_path: str):
             sys.path.remove(directory)
         return module, path
     if name_or_path not in names():
-        raise ValueError(f"unknown config {name_or_path!r}: not a file, and not one of {names()}")
+        close = difflib.get_close_matches(name_or_path, names(), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"the {len(names())} shipped ones include digits, toy2d"
+        raise ValueError(f"unknown config {name_or_path!r}: not a file, and not a shipped config ({hint}; all: "
+                         "python -c 'import diffjax.configs as c; print(c.names())')")
     return importlib.import_module(f"diffjax.configs.{name_or_path}"), name_or_path
 
 
 def load_config(name_or_path: str = "digits", overrides: Sequence[str] = ()):
-    """The config ``name_or_path`` (a name from :func:`names` or a path to a file defining
-    ``get_config()``) with ``overrides`` (``"--config.a.b=value"`` or ``"a.b=value"``) applied."""
-    module, where = _module(name_or_path)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config {where} defines no get_config()")
-    try:
-        config = module.get_config()
-    except Exception as e:
-        raise ValueError(f"get_config() of {where} failed ({type(e).__name__}: {e})") from e
+    """The config ``name_or_path`` (a name from :func:`names`, a path to a file defining
+    ``get_config()``, or a run's saved ``config.json``) with ``overrides`` (``"--config.a.b=value"``
+    or ``"a.b=value"``) applied, checked against the schema (:func:`validate`)."""
+    if name_or_path.endswith(".json") and os.path.isfile(name_or_path):
+        try:
+            with open(name_or_path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"config {name_or_path} is not readable JSON ({type(e).__name__}: {e})") from None
+        config = from_dict(saved, name_or_path)
+    else:
+        module, where = _module(name_or_path)
+        if not hasattr(module, "get_config"):
+            raise ValueError(f"config {where} defines no get_config()")
+        try:
+            config = module.get_config()
+        except Exception as e:
+            raise ValueError(f"get_config() of {where} failed ({type(e).__name__}: {e})") from e
+        config = from_dict(config, f"get_config() of {where}")
     apply_overrides(config, overrides)
+    validate(config)
     return config
+
+
+def from_dict(value, where: str = "the config") -> ml_collections.ConfigDict:
+    """A ConfigDict from a ConfigDict (returned as it is) or a plain dict of the keys it sets (merged
+    into :func:`get_default`, as a saved ``config.json`` or a ``get_config()`` returning a dict)."""
+    if isinstance(value, ml_collections.ConfigDict):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} gave a {type(value).__name__}; expected an ml_collections.ConfigDict "
+                         "(start from diffjax.configs.get_default()) or a dict of its keys")
+    unknown = _unknown_keys(value, get_default().to_dict())
+    if unknown:
+        raise ValueError(f"{where}: {unknown}")
+    try:
+        return ml_collections.ConfigDict(with_defaults(value))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {' '.join(str(e).split())}") from None
+
+
+def _unknown_keys(value: dict, schema: dict, prefix: str = "") -> str:
+    """A message naming the first key of ``value`` that ``schema`` lacks ('' if none); model.options is free."""
+    for k, v in value.items():
+        dotted = prefix + str(k)
+        if dotted == "model.options":
+            continue
+        if k not in schema:
+            return _unknown_key_message(dotted, schema)
+        if isinstance(v, dict) and isinstance(schema[k], dict):
+            found = _unknown_keys(v, schema[k], dotted + ".")
+            if found:
+                return found
+    return ""
+
+
+def _unknown_key_message(dotted: str, schema) -> str:
+    leaf = dotted.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, list(schema.keys()), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys there: {', '.join(sorted(schema.keys()))}"
+    return f"unknown config key {dotted!r}{hint}"
+
+
+def validate(config) -> None:
+    """Raise a one-line ValueError unless every key of ``config`` is in the schema (network options:
+    in the network's options), every value has the schema's type, and every number is finite."""
+    from diffjax.models import NETWORKS, PRESETS, network_options
+
+    def walk(node, ref, prefix):
+        for key in node.keys():
+            dotted, value = prefix + key, node[key]
+            if dotted == "model.options":
+                name = config.model.name
+                network = PRESETS[name][0] if name in PRESETS else name
+                valid = network_options(network) if network in NETWORKS else None
+                for option in value.keys():
+                    if valid is not None and option not in valid:
+                        raise ValueError(f"unknown option {option!r} for network {network!r} (config key "
+                                         f"'model.options.{option}'); valid options: {', '.join(valid)}")
+                    _check_finite(f"model.options.{option}", value[option])
+                continue
+            if key not in ref:
+                raise ValueError(_unknown_key_message(dotted, ref))
+            expected = ref[key]
+            if isinstance(expected, ml_collections.ConfigDict):
+                if not isinstance(value, ml_collections.ConfigDict):
+                    raise ValueError(f"config key {dotted!r} is a section; got {value!r}")
+                walk(value, expected, dotted + ".")
+                continue
+            _check_type(dotted, value, expected)
+            if dotted not in _MAY_BE_INFINITE:
+                _check_finite(dotted, value)
+
+    walk(config, get_default(), "")
+
+
+def _check_type(dotted: str, value, expected) -> None:
+    kinds = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}
+    ok = (isinstance(value, bool) if isinstance(expected, bool) else
+          isinstance(value, int) and not isinstance(value, bool) if isinstance(expected, int) else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(expected, float) else
+          isinstance(value, str) if isinstance(expected, str) else True)
+    if not ok:
+        raise ValueError(f"config key {dotted!r} takes {kinds.get(type(expected), type(expected).__name__)}; "
+                         f"got {value!r}")
+
+
+def _check_finite(dotted: str, value) -> None:
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        raise ValueError(f"config key {dotted!r} must be finite; got {value!r}")
 
 
 def parse_value(text: str):
@@ -105,6 +220,8 @@ def apply_overrides(config, overrides: Sequence[str]) -> None:
             where = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
             raise ValueError(f"unknown config key {dotted!r}; valid keys there: {where}")
         current = node[leaf]
+        if isinstance(value, float) and not math.isfinite(value) and dotted not in _MAY_BE_INFINITE:
+            raise ValueError(f"config key {dotted!r} must be finite; got {raw!r}")
         if isinstance(current, bool) and not isinstance(value, bool):
             raise ValueError(f"config key {dotted!r} takes True or False; got {raw!r}")
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):

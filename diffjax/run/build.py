@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
 from typing import Any, Optional
 
 import jax
@@ -183,7 +184,7 @@ class Sampler:
     updates of the time grid ``grid``, or the adaptive probability-flow ODE when ``step`` is None.
     ``timesteps`` (a tuple) fixes the grid when it was computed ahead (fitted grids, teleportation);
     ``fit`` and ``t_skip``: teleport x_init from T to t_skip by the data's Gaussian flow first.
-    ``sampler(score_fn, keys, x_init) -> (x, nfe)``."""
+    ``sampler(score_fn, keys, x_init) -> SampleResult``."""
 
     sde: SDE
     step: Optional[samplers.Step]
@@ -211,13 +212,18 @@ class Sampler:
 GRIDS = (*samplers.TIME_GRIDS, "fitted")
 
 
-def data_gaussian_fit(config, workdir: str = "", rank: int = 256) -> samplers.GaussianFit:
+def data_gaussian_fit(config, workdir: str = "", rank: int = 256, log=None) -> samplers.GaussianFit:
     """The training data's moment-matched Gaussian in the model's data scale (mean and top-``rank``
     eigenpairs, float64, see :func:`diffjax.samplers.fit_gaussian`), for teleportation and fitted
-    grids; computed once and stored with the run as ``WORKDIR/gaussian_fit.npz``."""
+    grids; computed once and stored with the run as ``WORKDIR/gaussian_fit.npz`` (written in one
+    rename). A stored fit that is not whole (a cut-short write, a file of something else) is fitted
+    again and replaced, said through ``log`` (default: stderr); a read-only run is fitted and not stored."""
     path = os.path.join(workdir, "gaussian_fit.npz") if workdir else ""
     if path and os.path.exists(path):
-        return samplers.GaussianFit.load(path)
+        try:
+            return samplers.GaussianFit.load(path)
+        except ValueError as e:
+            (log or _stderr)(f"diffjax: {e}; fitting it again")
     d = config.data
     if d.dataset == "digits":
         levels, _ = data.digits_split("train", d.image_size, d.classes)
@@ -227,9 +233,15 @@ def data_gaussian_fit(config, workdir: str = "", rank: int = 256) -> samplers.Ga
                                          sharded=False))["x"])
     fit = samplers.fit_gaussian(x, rank=min(rank, int(np.prod(x.shape[1:]))))
     if path and jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        fit.save(path)
+        try:
+            fit.save(path)
+        except OSError:  # a read-only run: the fit is a cache, the sampler goes on without storing it
+            pass
     return fit
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _teleport_kappa(value) -> Optional[float]:

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from diffjax import data, fokker_planck, metrics, parallel
 from diffjax._jit import filter_jit
 from diffjax.likelihood import bits_per_dim, log_likelihood
+from diffjax.results import NonFiniteError
 from diffjax.run.build import build_loader, data_range, is_toy
 from diffjax.run.generate import generate, plan_batches, run_score_fn, to_unit_range
 from diffjax.run.load import Run
@@ -52,13 +53,14 @@ def gaussian_baseline(config, split: str, x: np.ndarray) -> Optional[float]:
 @filter_jit
 def _score_batch(sde, score_fn, keys, xb, levels, lo_hi, num_dequantizations, rtol, mesh):
     if levels is None:
-        logp, _, nfe = log_likelihood(keys, sde, score_fn, xb, rtol=rtol, atol=rtol)
-        value = -logp
+        r = log_likelihood(sde, score_fn, keys, xb, rtol=rtol, atol=rtol)
+        value = -r.logp
     else:
-        value, nfe = bits_per_dim(keys, sde, score_fn, xb, levels=levels, data_range=lo_hi,
-                                  num_dequantizations=num_dequantizations, rtol=rtol, atol=rtol)
+        r = bits_per_dim(sde, score_fn, keys, xb, levels=levels, data_range=lo_hi,
+                         num_dequantizations=num_dequantizations, rtol=rtol, atol=rtol)
+        value = r.bpd
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.lax.with_sharding_constraint(value, replicated), jax.lax.with_sharding_constraint(nfe, replicated)
+    return tuple(jax.lax.with_sharding_constraint(v, replicated) for v in (value, r.nfe, r.nonfinite_step))
 
 
 def evaluate_likelihood(run: Run, key, split: str = "test", num: Optional[int] = None,
@@ -78,15 +80,22 @@ def evaluate_likelihood(run: Run, key, split: str = "test", num: Optional[int] =
     score_fn = run_score_fn(run, unconditional=True)
     sharding = parallel.batch_sharding(run.mesh)
     all_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
-    values, nfes = [], []
+    values, nfes, failed = [], [], []
     for i in range(0, total, batch):
         keys = jax.device_put(all_keys[i:i + batch], sharding)
         xb = jax.device_put(jnp.asarray(pad[i:i + batch], jnp.float32), sharding)
-        v, n = _score_batch(run.sde, score_fn, keys, xb, levels, data_range(config), int(num_dequantizations), rtol,
-                            run.mesh)
+        v, n, f = _score_batch(run.sde, score_fn, keys, xb, levels, data_range(config), int(num_dequantizations),
+                               rtol, run.mesh)
         values.append(np.asarray(v))
         nfes.append(np.asarray(n))
+        failed.append(np.asarray(f))
     v = np.concatenate(values)[:num].astype(np.float64)
+    failed = np.concatenate(failed)[:num]
+    if np.any(failed >= 0) or not np.all(np.isfinite(v)):
+        bad = (failed >= 0) | ~np.isfinite(v)
+        raise NonFiniteError(f"the likelihood of {int(bad.sum())} of {num} {split} examples is NaN or Inf (first: "
+                             f"example {int(np.argmax(bad))}): the run's score is non-finite along their probability "
+                             f"flow, or the solve needed more than its steps at rtol {rtol:g}")
     return {
         "metric": "bits/dim" if levels is not None else "NLL (nats)",
         "split": split,

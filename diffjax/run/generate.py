@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import jax
@@ -13,6 +12,8 @@ from jax.tree_util import Partial
 
 from diffjax import guidance, images, models, parallel, samplers, superposition
 from diffjax._jit import bind, filter_jit
+from diffjax.results import NonFiniteError
+from diffjax.run import files
 from diffjax.run.build import build_sampler, data_range, example_shape, is_toy
 from diffjax.run.load import Run
 from diffjax.run.logging import progress_range
@@ -51,19 +52,22 @@ def _no_class_score(score_model, params, null_label, x, t):
 @filter_jit
 def _draw(sampler, score_fn, keys, shape, mesh):
     x_init = jax.vmap(lambda k: samplers.prior_sample(sampler.sde, k, (1, *shape))[0])(keys)
-    x, nfe = sampler(score_fn, keys, x_init)
+    r = sampler(score_fn, keys, x_init)
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.lax.with_sharding_constraint(x, replicated), jnp.max(nfe)
+    return (jax.lax.with_sharding_constraint(r.x, replicated), jnp.max(r.nfe),
+            jax.lax.with_sharding_constraint(r.nonfinite_step, replicated))
 
 
 def generate(run: Run, key, num: int, batch_size: Optional[int] = None, class_labels=None,
-             progress: bool = False) -> tuple[np.ndarray, int]:
+             progress: bool = False, check_finite: bool = True) -> tuple[np.ndarray, int]:
     """``num`` samples in the model's data range (numpy, float32) and the score evaluations per sample.
 
     Example i uses the key ``fold_in(key, i)``, so the samples do not depend on ``batch_size``
     (default ``sampling.batch_size``). Class-conditional networks get ``class_labels`` (default
     ``i mod num_classes``, so grid rows run through the classes), guided with weight
     ``sampling.guidance_weight`` (classifier-free guidance). ``progress``: a bar over batches.
+    Samples that came out NaN or Inf raise :class:`~diffjax.results.NonFiniteError` (one line, how
+    many), unless ``check_finite=False``.
     """
     config = run.config
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
@@ -78,14 +82,20 @@ def generate(run: Run, key, num: int, batch_size: Optional[int] = None, class_la
         labels = np.zeros(total, np.int32)
     sharding = parallel.batch_sharding(run.mesh)
     all_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
-    out, nfe = [], 0
+    out, nfe, failed = [], 0, []
     for i in progress_range(range(0, total, batch), progress, "sample"):
         keys = jax.device_put(all_keys[i:i + batch], sharding)
         y = jax.device_put(jnp.asarray(labels[i:i + batch], jnp.int32), sharding)
         score_fn = run_score_fn(run, y if num_classes else None, w)
-        x, n = _draw(sampler, score_fn, keys, example_shape(config), run.mesh)
+        x, n, f = _draw(sampler, score_fn, keys, example_shape(config), run.mesh)
         out.append(np.asarray(x))
+        failed.append(np.asarray(f))
         nfe = max(nfe, int(n))
+    failed = np.concatenate(failed)[:num]
+    if check_finite and np.any(failed >= 0):
+        raise NonFiniteError(f"{int(np.sum(failed >= 0))} of {num} samples ({config.sampling.method}) became NaN or "
+                             f"Inf, the first at update {int(failed[failed >= 0].min())}: the run's score is "
+                             "non-finite there (a diverged run?); nothing was written")
     return np.concatenate(out)[:num].astype(np.float32), nfe
 
 
@@ -94,12 +104,17 @@ def _check_superposable(runs) -> None:
         raise ValueError(f"superposition needs at least two runs (--workdir A --workdir B); got {len(runs)}")
     first = runs[0]
     for r in runs[1:]:
-        for what, a, b in (("process (config sde)", first.config.sde.to_dict(), r.config.sde.to_dict()),
-                           ("example shape", example_shape(first.config), example_shape(r.config)),
+        a, b = first.config.sde.to_dict(), r.config.sde.to_dict()
+        differ = [f"sde.{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if differ:
+            shown = "; ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+            raise ValueError(f"runs {first.workdir} and {r.workdir} are of different processes ({shown}); "
+                             "superposition needs models of one process")
+        for what, a, b in (("example shape", example_shape(first.config), example_shape(r.config)),
                            ("data range", data_range(first.config), data_range(r.config))):
             if a != b:
                 raise ValueError(f"runs {first.workdir} and {r.workdir} differ in their {what} ({a} vs {b}); "
-                                 "superposition needs models of one process on one data space")
+                                 "superposition needs models on one data space")
         if getattr(r.model, "num_classes", 0) or getattr(first.model, "num_classes", 0):
             raise ValueError("superposition takes unconditional runs; got a class-conditional network")
 
@@ -130,12 +145,12 @@ def superpose(runs, key, num: int, mode: str = "or", *, weights=None, temperatur
     for i in progress_range(range(0, total, batch), progress, "superpose"):
         keys = jax.device_put(all_keys[i:i + batch], sharding)
         x_init = jax.vmap(lambda k: samplers.prior_sample(sde, k, (1, *shape))[0])(keys)
-        x, log_q, kappa, n = superposition.superposition_sample(
+        r = superposition.superposition_sample(
             sde, score_fns, keys, x_init, ts, mode=mode, weights=weights, temperature=temperature, ode=ode)
-        xs.append(np.asarray(x))
-        lqs.append(np.asarray(log_q))
-        kappas.append(np.asarray(kappa))
-        nfe = int(n)
+        xs.append(np.asarray(r.x))
+        lqs.append(np.asarray(r.logp))
+        kappas.append(np.asarray(r.kappa))
+        nfe = int(r.nfe[0])
     return (np.concatenate(xs)[:num].astype(np.float32), np.concatenate(lqs, 1)[:, :num].astype(np.float32),
             np.concatenate(kappas, 1)[:, :num].astype(np.float32), nfe)
 
@@ -148,19 +163,25 @@ def to_unit_range(config, x: np.ndarray) -> np.ndarray:
 
 def write_samples(run: Run, x: np.ndarray, path: str, **extra) -> str:
     """Write ``path`` (an .npz: ``images`` float32 in [0, 1] (N, H, W, C) for image data, ``samples``
-    (N, 2) for 2-D toys, and any ``extra`` arrays by name) and a PNG grid beside it; returns the PNG's
-    path. Process 0 only."""
+    (N, 2) for 2-D toys, any ``extra`` arrays by name, and ``diffjax_output``, the checkpoint step, which
+    marks the file as diffjax's) and a PNG grid beside it, each atomically; returns the PNG's path.
+    Process 0 only."""
     if not path.endswith(".npz"):
         raise ValueError(f"the output file must end in .npz; got {path!r}")
     png = path[:-4] + ".png"
     if not parallel.is_main_process():
         return png
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if is_toy(run.config):
-        np.savez(path, samples=np.asarray(x, np.float32), **extra)
-        images.write_png(png, images.density_image(x))
+        arrays, picture = {"samples": np.asarray(x, np.float32)}, images.density_image(x)
     else:
-        unit = to_unit_range(run.config, x)
-        np.savez(path, images=unit, **extra)
-        images.write_png(png, images.image_grid(unit))
+        arrays = {"images": to_unit_range(run.config, x)}
+        picture = images.image_grid(arrays["images"])
+    arrays.update(extra, **{files.OUTPUT_KEY: np.asarray(run.step)})
+
+    def write_npz(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    files.atomic_write(path, write_npz)
+    files.atomic_write(png, lambda tmp: images.write_png(tmp, picture))
     return png

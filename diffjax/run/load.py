@@ -11,7 +11,8 @@ import jax
 import ml_collections
 
 from diffjax import checkpoint, parallel
-from diffjax.configs import apply_overrides, with_defaults
+from diffjax.configs import apply_overrides, validate, with_defaults
+from diffjax.run import files
 from diffjax.run.build import build_model, build_optimizer, build_sde, example_shape, init_state
 
 __all__ = ["Run", "restore_state", "load_run"]
@@ -39,7 +40,8 @@ def restore_state(workdir: str, step: Optional[int] = None, config_overrides=Non
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints in {workdir} (expected {directory}); train first with "
                                 f"`diffjax train --workdir {workdir}`")
-    ckpt = checkpoint.Checkpointer(directory)
+    marker = files.read_marker(workdir) or {}
+    ckpt = checkpoint.Checkpointer(directory, digests_from=marker.get("digests_from", None if not marker else 0))
     try:
         saved = ckpt.all_steps()
         if not saved:
@@ -50,6 +52,7 @@ def restore_state(workdir: str, step: Optional[int] = None, config_overrides=Non
             raise checkpoint.CheckpointError(f"no checkpoint of step {step} in {directory}; saved steps: {sorted(saved)}")
         config = ml_collections.ConfigDict(with_defaults(ckpt.restore_config(step)))
         apply_overrides(config, config_overrides or ())
+        validate(config)
         init = functools.partial(init_state, build_model(config), build_optimizer(config), example_shape(config))
         abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
         shardings = parallel.state_shardings(abstract, parallel.make_mesh(1))

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from diffjax import checkpoint, parallel, training
+from diffjax.run import files
 from diffjax.run.build import (
     build_loader,
     build_loss,
@@ -31,7 +32,7 @@ from diffjax.run.build import (
 )
 from diffjax.run.evaluate import evaluate_likelihood, format_likelihood
 from diffjax.run.generate import generate, write_samples
-from diffjax.configs import with_defaults
+from diffjax.configs import validate, with_defaults
 from diffjax.run.load import Run
 from diffjax.run.logging import MetricLogger, plot_training_curves, progress_bar
 
@@ -115,8 +116,13 @@ def _check_multiples(t) -> None:
 
 
 def train(config, workdir: str, *, progress: bool = True, handle_signals: bool = True,
-          finish: bool = True, log: Callable[[str], None] = print) -> dict:
+          finish: bool = True, restore_intact: bool = False, log: Callable[[str], None] = print) -> dict:
     """Train ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
+
+    ``workdir`` must be new, empty or a run (:func:`diffjax.run.files.claim_workdir`): a directory of
+    other files is refused before anything is written. The latest checkpoint must verify against its
+    digest; with ``restore_intact`` a corrupt latest step is moved to ``WORKDIR/corrupt_checkpoints/``
+    (kept, not deleted) and training resumes from the newest intact one, said in the log.
 
     Checkpoints every ``training.snapshot_freq`` steps, at the end and on SIGTERM/SIGINT (then
     returns early with ``result["stopped"]`` naming the signal). A NaN/Inf loss skips its update;
@@ -131,8 +137,10 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
     """
     t = config.training
     _check_multiples(t)
+    validate(config)
     main = parallel.is_main_process()
     workdir = os.path.abspath(workdir)
+    files.claim_workdir(workdir, write=False)  # a folder of the user's files is refused before anything else
     mesh = parallel.make_mesh(config.parallel.fsdp)
     parallel.check_global_batch(t.batch_size, mesh)
     loader = build_loader(config, "train", t.batch_size // jax.process_count())  # a bad dataset fails before compiling
@@ -148,10 +156,13 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
     key0 = jax.random.PRNGKey(config.seed)
     shardings = parallel.state_shardings(jax.eval_shape(init, key0), mesh, config.parallel.fsdp > 1)
 
+    marker = _claim(workdir, main)  # the first file written: the run's marker
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_last,
-                                   keep_period=t.keep_period or None)
+                                   keep_period=t.keep_period or None, digests_from=marker.get("digests_from", 0))
     current = _json_config(config)
     start = ckpt.latest_step()
+    if start is not None and restore_intact:
+        start = _fall_back_to_intact(ckpt, workdir, main, log)
     if start is not None:
         diffs = config_differences(with_defaults(ckpt.restore_config(start)), current)
         if diffs:
@@ -165,9 +176,7 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
         start = 0
         state = jax.jit(init, out_shardings=shardings)(key0)
     if main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(current, f, indent=2)
+        files.write_json(os.path.join(workdir, "config.json"), current)
 
     n = t.n_jitted_steps
     compiled = parallel.compile_train_step(step_fn, mesh, shardings, n)
@@ -235,6 +244,54 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
     return result
 
 
+def _claim(workdir: str, main: bool) -> dict:
+    """The work directory made or checked as a run (:func:`files.claim_workdir`) by process 0, before any
+    file is written; the other processes wait for it and read the marker it wrote."""
+    if jax.process_count() == 1:
+        return files.claim_workdir(workdir)
+    from jax.experimental import multihost_utils
+
+    error = None
+    if main:
+        try:
+            files.claim_workdir(workdir)
+        except ValueError as e:
+            error = e
+    failed = multihost_utils.process_allgather(np.asarray(error is not None))
+    if np.any(failed):
+        raise error or ValueError(f"process 0 refused --workdir {workdir} (see its message)")
+    return files.read_marker(workdir) or {}
+
+
+def _fall_back_to_intact(ckpt, workdir: str, main: bool, log) -> int:
+    """The newest step that verifies; newer corrupt steps moved to WORKDIR/corrupt_checkpoints/ (process 0)."""
+    good, bad = ckpt.intact_steps()
+    if not good:
+        raise checkpoint.CheckpointError(f"--restore-intact: no checkpoint in {ckpt.directory} is intact "
+                                         f"({len(bad)} failed their digest); the files were left as they are: "
+                                         "move the directory away to start afresh")
+    newest = good[0]
+    moved = [s for s in bad if s > newest]
+    if main and moved:
+        aside = os.path.join(workdir, "corrupt_checkpoints")
+        os.makedirs(aside, exist_ok=True)
+        for s in moved:
+            target = os.path.join(aside, str(s))
+            while os.path.exists(target):
+                target += "_"
+            os.replace(ckpt.step_directory(s), target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("diffjax: corrupt checkpoints moved aside")
+    if moved:
+        ckpt.reload()
+        log(f"--restore-intact: step{'s' if len(moved) > 1 else ''} {', '.join(map(str, sorted(moved)))} failed "
+            f"{'their' if len(moved) > 1 else 'its'} digest and {'were' if len(moved) > 1 else 'was'} moved to "
+            f"{os.path.join(workdir, 'corrupt_checkpoints')}; resuming from step {newest}")
+    return newest
+
+
 def _summarise(window: dict, step: int, seconds: float) -> dict:
     record = {"step": step}
     good = np.asarray(window.get("skipped", [])) == 0
@@ -254,10 +311,12 @@ def _summarise(window: dict, step: int, seconds: float) -> dict:
 def _finish(run: "Run", workdir: str, log: Callable[[str], None]) -> dict:
     config, out = run.config, {}
     if config.sampling.num_samples > 0:
-        x, nfe = generate(run, jax.random.PRNGKey(config.seed + 1), config.sampling.num_samples)
+        x, nfe = generate(run, jax.random.PRNGKey(config.seed + 1), config.sampling.num_samples, check_finite=False)
         png = write_samples(run, x, os.path.join(workdir, "samples.npz"))
-        out.update(samples=png, sample_nfe=nfe)
-        log(f"{len(x)} samples ({config.sampling.method}, {nfe} score evaluations each) -> {png}")
+        bad = int(np.sum(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)))
+        out.update(samples=png, sample_nfe=nfe, nonfinite_samples=bad)
+        log(f"{len(x)} samples ({config.sampling.method}, {nfe} score evaluations each) -> {png}"
+            + (f"; warning: {bad} of them are NaN or Inf" if bad else ""))
     if config.eval.bpd_num_examples > 0:
         log(f"likelihood of {config.eval.bpd_num_examples} test examples (probability-flow ODE, rtol "
             f"{config.eval.bpd_rtol:g}) ...")
@@ -265,8 +324,7 @@ def _finish(run: "Run", workdir: str, log: Callable[[str], None]) -> dict:
         out["eval"] = ev
         log(format_likelihood(ev))
     if parallel.is_main_process():
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump({"step": run.step, **out}, f, indent=2)
+        files.write_json(os.path.join(workdir, "results.json"), {"step": run.step, **out})
     return out
 
 

@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._checks import check_fields, check_finite_input, describe
 from diffjax._jit import _partition, filter_jit
+from diffjax.results import SampleResult, no_nonfinite, raise_if_nonfinite, update_nonfinite
 from diffjax.score import x0_from_score
 from diffjax.sde import SDE
 
@@ -47,8 +49,19 @@ def static_field(default=dataclasses.MISSING, **kwargs):
 
 def step_class(cls):
     """Decorator: ``cls`` as a frozen dataclass and a pytree whose :func:`static_field` fields are
-    static and whose other fields (the process, arrays, inner steps) are children."""
+    static and whose other fields (the process, arrays, inner steps) are children. Its hyper-parameters
+    are checked against their declared types before its own ``__post_init__`` runs (a string where a
+    number belongs, a non-finite number, a process class instead of an instance: one-line errors)."""
     cls = dataclasses.dataclass(frozen=True)(cls)
+    own = cls.__post_init__
+    if not getattr(own, "_fields_checked_first", False):
+        @functools.wraps(own)
+        def __post_init__(self):
+            _check_step_fields(self)
+            own(self)
+
+        __post_init__._fields_checked_first = True
+        cls.__post_init__ = __post_init__
     fields = dataclasses.fields(cls)
     jax.tree_util.register_dataclass(
         cls,
@@ -56,6 +69,19 @@ def step_class(cls):
         meta_fields=[f.name for f in fields if f.metadata.get("static")],
     )
     return cls
+
+
+def _check_step_fields(step) -> None:
+    check_fields(step)
+    for f in dataclasses.fields(step):
+        value = getattr(step, f.name)
+        if isinstance(value, type) and issubclass(value, SDE):
+            raise TypeError(f"{type(step).__name__}: {f.name} must be a process instance such as {value.__name__}(); "
+                            f"got the class {value.__name__}")
+    sde = getattr(step, "sde", None) if "sde" in {f.name for f in dataclasses.fields(step)} else None
+    if sde is not None and not isinstance(sde, SDE):
+        raise TypeError(f"{type(step).__name__}: sde must be a diffjax process (VPSDE(), EDM(), ...); "
+                        f"got {describe(sde)}")
 
 
 class Step:
@@ -271,13 +297,23 @@ def _per_example_keys(key: Array, batch_size: int) -> Array:
     raise ValueError(f"key must be one PRNG key or one per example; got shape {jnp.shape(key)}")
 
 
+def check_shape(shape) -> tuple:
+    """``shape`` as a tuple (batch, *data_dims) of positive ints; a one-line error for an int or a short one."""
+    if isinstance(shape, (int, np.integer)) or not isinstance(shape, (tuple, list)):
+        raise TypeError(f"shape must be a tuple (batch, *data_dims), e.g. (512, 2); got {describe(shape)}")
+    if len(shape) < 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                                 for v in shape):
+        raise ValueError(f"shape must be (batch, *data_dims) of positive integers, e.g. (512, 2); got {tuple(shape)}")
+    return tuple(int(v) for v in shape)
+
+
 def prior_sample(sde: SDE, key: Array, shape, dtype=jnp.float32) -> Array:
     """x_T from the process's prior (N(0, prior_std^2 I), or PFGM++'s heavy-tailed one) of ``shape``
     (batch, ...), example i drawn from fold_in(key, i)
     (or from ``key[i]`` when given one key per example), so it does not depend on the batch."""
-    shape = tuple(shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (batch, *data_dims); got {shape}")
+    shape = check_shape(shape)
+    if not isinstance(sde, SDE):
+        raise TypeError(f"prior_sample(sde, key, shape) takes a process instance first; got {describe(sde)}")
     keys = _per_example_keys(key, shape[0])
     return jax.vmap(lambda k: sde.prior_example(k, shape[1:], dtype))(keys)
 
@@ -319,7 +355,8 @@ def check_timesteps(timesteps: Array, sde: SDE, dtype=None) -> Array:
 
 
 def check_x_init(x_init: Array, name: str = "x_init") -> None:
-    """Raise unless ``x_init`` is a floating-point array of shape (batch, *data_dims), batch >= 1."""
+    """Raise unless ``x_init`` is a floating-point array of shape (batch, *data_dims), batch >= 1,
+    with finite values (when concrete)."""
     shape = jnp.shape(x_init)
     if len(shape) < 2:
         raise ValueError(f"{name} must have shape (batch, *data_dims) with at least one data dim; got {shape}")
@@ -327,6 +364,7 @@ def check_x_init(x_init: Array, name: str = "x_init") -> None:
         raise ValueError(f"{name} must hold at least one example; got shape {shape}")
     if not jnp.issubdtype(jnp.result_type(x_init), jnp.floating):
         raise TypeError(f"{name} must be floating point (float32, float64, bfloat16); got {jnp.result_type(x_init)}")
+    check_finite_input(name, x_init)
 
 
 def _after(t: Array, x: Array) -> Array:
@@ -426,7 +464,8 @@ def sequenced(score_fn: ScoreFn, name: str = "score_fn", per_example: bool = Fal
     return score
 
 
-def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: Array, denoise: bool = True):
+def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: Array, denoise: bool = True, *,
+           check_finite: bool = True) -> SampleResult:
     """Run ``step`` over the grid ``timesteps`` (T first, decreasing to eps) starting from ``x_init``.
 
     Args:
@@ -437,8 +476,11 @@ def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: 
       x_init: samples at timesteps[0], shape (batch, *data_dims) (see :func:`prior_sample`).
       timesteps: shape (n + 1,): n updates, from timesteps[k] to timesteps[k + 1].
       denoise: finish with Tweedie's estimate E[x0 | x_eps] (one more score evaluation).
+      check_finite: outside a jit of yours, raise :class:`~diffjax.results.NonFiniteError` when an
+        example became NaN or Inf (see :mod:`diffjax.results`).
 
-    Returns ``(x, nfe)``: samples of x_init's shape and the number of score evaluations (int32).
+    Returns a :class:`~diffjax.results.SampleResult`: ``.x`` (x_init's shape), ``.nfe`` (batch,) score
+    evaluations per example, ``.nonfinite_step`` / ``.finite`` per example.
 
     Compiled once per shapes, dtypes and static values: ``step`` and ``score_fn`` may be built anew
     on every call. A score function's arrays are traced when it is a pytree, e.g.
@@ -454,38 +496,44 @@ def sample(step: Step, score_fn: ScoreFn, key: Array, x_init: Array, timesteps: 
     ts = check_timesteps(timesteps, step.sde, time_dtype(x_init))
     keys = _per_example_keys(key, jnp.shape(x_init)[0])
     step = with_num_steps(step, ts.shape[0] - 1)
-    x = _run(step, score_fn, bool(denoise), keys, x_init, ts)
+    x, record = _run(step, score_fn, bool(denoise), keys, x_init, ts)
     nfe = (ts.shape[0] - 1) * step.nfe + int(bool(denoise))
-    return x, jnp.asarray(nfe, jnp.int32)
+    result = SampleResult(x, jnp.full(jnp.shape(x_init)[:1], nfe, jnp.int32), record)
+    raise_if_nonfinite(result, "sample", check_finite, steps=ts)
+    return result
 
 
 @filter_jit
 def _run(step, score_fn, denoise, keys, x_init, ts):
     score_fn = sequenced(score_fn)
-    x, _ = scan_steps(step, score_fn, keys, x_init, ts)
+    x, _, record = scan_steps(step, score_fn, keys, x_init, ts)
     if denoise:
         n = x_init.shape[0]
         x = tweedie_denoise(step.sde, score_fn, x, jnp.full((n,), ts[-1], ts.dtype)).astype(x_init.dtype)
-    return x
+        record = update_nonfinite(record, ts.shape[0] - 1, x)
+    return x, record
 
 
-def scan_steps(step, score_fn, keys, x_init, ts):
+def scan_steps(step, score_fn, keys, x_init, ts, watch=None):
     """The driver's loop (traced, not jitted): ``step`` over the grid ``ts`` with ``lax.scan``, step k
-    folding k into every example's key; returns (x, the step's final state). The carry keeps its
-    dtypes whatever precision a step computes in (float32 coefficients on bfloat16 samples, float64
-    times with float64 samples)."""
+    folding k into every example's key; returns (x, the step's final state, the per-example record of
+    the first update that made x, or ``watch(state)`` (per-example arrays), NaN or Inf, -1 if none).
+    The carry keeps its dtypes whatever precision a step computes in (float32 coefficients on
+    bfloat16 samples, float64 times with float64 samples)."""
     n = x_init.shape[0]
     state0 = step.init(x_init)
     carry_types = jax.tree_util.tree_map(lambda v: jnp.result_type(v), (x_init, state0))
 
     def body(carry, inputs):
-        x, state = carry
+        x, state, record = carry
         k, t, t_next = inputs
         t_b = jnp.full((n,), t, ts.dtype)
         t_next_b = jnp.full((n,), t_next, ts.dtype)
         x, _, state = step.update(fold_keys(keys, k), x, state, t_b, t_next_b, score_fn)
-        return jax.tree_util.tree_map(lambda v, d: jnp.asarray(v).astype(d), (x, state), carry_types), None
+        x, state = jax.tree_util.tree_map(lambda v, d: jnp.asarray(v).astype(d), (x, state), carry_types)
+        watched = () if watch is None else jax.tree_util.tree_leaves(watch(state))
+        return (x, state, update_nonfinite(record, k, x, *watched)), None
 
     steps = jnp.arange(ts.shape[0] - 1)
-    (x, state), _ = jax.lax.scan(body, (x_init, state0), (steps, ts[:-1], ts[1:]))
-    return x, state
+    (x, state, record), _ = jax.lax.scan(body, (x_init, state0, no_nonfinite(n)), (steps, ts[:-1], ts[1:]))
+    return x, state, record

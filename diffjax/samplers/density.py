@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax._jit import filter_jit
+from diffjax.results import DensityResult, raise_if_nonfinite
 from diffjax.samplers.base import (
     Chain, Step, Wrapper, _per_example_keys, check_timesteps, check_x_init, scan_steps, sequenced, static_field, step_class,
     time_dtype, with_num_steps,
@@ -288,7 +289,8 @@ def probability_flow_density(sde: SDE, method: str = "heun", divergence: str = "
 
 
 def sample_with_log_density(step: Step, score_fn, key: Array, x_init: Array, timesteps: Array, *,
-                            form: str = "euler", log_q_init: Optional[Array] = None):
+                            form: str = "euler", log_q_init: Optional[Array] = None,
+                            check_finite: bool = True) -> DensityResult:
     """Run ``step`` over ``timesteps`` from ``x_init`` and estimate the log-density of where each path ends.
 
     Args:
@@ -298,8 +300,11 @@ def sample_with_log_density(step: Step, score_fn, key: Array, x_init: Array, tim
         density is that of the marginal at timesteps[-1]).
       log_q_init: log q_T(x_init) (batch,); default the prior's log-density ``sde.prior_logp(x_init)``.
 
-    Returns ``(x, log_q, nfe)``: samples at timesteps[-1], the estimate of log q_{t_end}(x) (batch,)
-    in nats (float64 for float64 samples, else float32), and the score evaluations per sample.
+    Returns a :class:`~diffjax.results.DensityResult`: ``.x`` samples at timesteps[-1], ``.logp`` the
+    estimate of log q_{t_end}(x) (batch,) in nats (float64 for float64 samples, else float32), ``.nfe``
+    the score evaluations per sample (batch,), ``.nonfinite_step`` as :func:`~diffjax.samplers.sample`'s
+    (x or the tracked log-density turning NaN/Inf); non-finite examples raise outside a jit of yours
+    unless ``check_finite=False``.
     """
     if not isinstance(step, (TrackedLogDensity, ProbabilityFlowDensity)):
         step = track_log_density(step, form)
@@ -313,11 +318,15 @@ def sample_with_log_density(step: Step, score_fn, key: Array, x_init: Array, tim
     elif jnp.shape(log_q_init) != jnp.shape(x_init)[:1]:
         raise ValueError(f"log_q_init must have shape (batch,) = {jnp.shape(x_init)[:1]}; got {jnp.shape(log_q_init)}")
     step = with_num_steps(step, ts.shape[0] - 1)
-    x, ell = _run_density(step, score_fn, keys, x_init, ts)
-    return x, jnp.asarray(log_q_init, ell.dtype) + ell, jnp.asarray((ts.shape[0] - 1) * step.nfe, jnp.int32)
+    x, ell, record = _run_density(step, score_fn, keys, x_init, ts)
+    logp = jnp.asarray(log_q_init, ell.dtype) + ell
+    nfe = jnp.full(jnp.shape(x_init)[:1], (ts.shape[0] - 1) * step.nfe, jnp.int32)
+    result = DensityResult(x, logp, nfe, record)
+    raise_if_nonfinite(result, "sample_with_log_density", check_finite, steps=ts)
+    return result
 
 
 @filter_jit
 def _run_density(step, score_fn, keys, x_init, ts):
-    x, state = scan_steps(step, sequenced(score_fn), keys, x_init, ts)
-    return x, step.log_density(state)
+    x, state, record = scan_steps(step, sequenced(score_fn), keys, x_init, ts, watch=step.log_density)
+    return x, step.log_density(state), record

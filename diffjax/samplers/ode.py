@@ -9,7 +9,9 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from diffjax._checks import check_int, check_real
 from diffjax._jit import filter_jit
+from diffjax.results import SampleResult, first_nonfinite, raise_if_nonfinite
 from diffjax.samplers.base import Step, check_x_init, sequenced, step_class, time_dtype, tweedie_denoise
 from diffjax.sde import SDE, expand_to
 
@@ -90,14 +92,20 @@ _EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6}
 _EVALS_AT_START = 1
 
 
-def check_solver_options(sde: SDE, rtol: float, atol: float, eps: float, method: str) -> None:
-    """Raise a ValueError for tolerances <= 0, eps outside (0, T) or an unknown method."""
+def check_solver_options(sde: SDE, rtol: float, atol: float, eps: float, method: str, max_steps: int = 1,
+                         owner: str = "ode_sample") -> None:
+    """Raise a one-line error for tolerances that are not numbers > 0, eps outside (0, T), max_steps < 1
+    or an unknown method."""
     if method not in _SOLVERS:
         raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_SOLVERS)}")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        check_real(owner, name, value)
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be > 0; got rtol={rtol}, atol={atol}")
+    check_real(owner, "eps", eps)
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
+    check_int(owner, "max_steps", max_steps, lo=1)
 
 
 def solve_adaptive(field, y0, args, t0, t1, *, method, rtol, atol, max_steps, per_example, pcoeff=0.0, icoeff=1.0):
@@ -106,8 +114,10 @@ def solve_adaptive(field, y0, args, t0, t1, *, method, rtol, atol, max_steps, pe
     ``field`` works on a batch: every leaf of ``y0`` and ``args`` has a leading batch axis. With
     ``per_example`` the solve is vmapped over the batch, each example a batch of one with its own
     step-size control; otherwise the batch is one system with one error norm. Gradients flow
-    through the steps (diffrax's RecursiveCheckpointAdjoint). Returns ``(y(t1), nfe)``, nfe of
-    shape (batch,): evaluations of ``field`` per example.
+    through the steps (diffrax's RecursiveCheckpointAdjoint). Returns ``(y(t1), nfe, failed)``, each
+    of shape (batch,) but y: evaluations of ``field`` per example, and the attempted step at which an
+    example's solve failed (NaN or Inf in the field, or ``max_steps`` used up), -1 if it did not;
+    a failed example's y(t1) is NaN.
     """
     term = diffrax.ODETerm(field)
     controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff)
@@ -116,18 +126,22 @@ def solve_adaptive(field, y0, args, t0, t1, *, method, rtol, atol, max_steps, pe
         sol = diffrax.diffeqsolve(
             term, _SOLVERS[method](), t0=t0, t1=t1, dt0=None, y0=y, args=a, stepsize_controller=controller,
             saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, adjoint=diffrax.RecursiveCheckpointAdjoint(),
+            throw=False,  # a failure is reported per example below, not as an error from inside the program
         )
-        return jax.tree_util.tree_map(lambda v: v[0], sol.ys), sol.stats["num_steps"]
+        ok = sol.result == diffrax.RESULTS.successful
+        y1 = jax.tree_util.tree_map(lambda v: jnp.where(ok, v[0], jnp.nan), sol.ys)
+        return y1, sol.stats["num_steps"], ok
 
     batch = jax.tree_util.tree_leaves(y0)[0].shape[0]
     if per_example:
         one = lambda tree: jax.tree_util.tree_map(lambda v: v[None], tree)  # noqa: E731
-        y1, steps = jax.vmap(lambda y, a: solve(one(y), one(a)))(y0, args)
+        y1, steps, ok = jax.vmap(lambda y, a: solve(one(y), one(a)))(y0, args)
         y1 = jax.tree_util.tree_map(lambda v: v[:, 0], y1)
     else:
-        y1, steps = solve(y0, args)
-        steps = jnp.full((batch,), steps)
-    return y1, (_EVALS_AT_START + _EVALS_PER_STEP[method] * steps).astype(jnp.int32)
+        y1, steps, ok = solve(y0, args)
+        steps, ok = jnp.full((batch,), steps), jnp.full((batch,), ok)
+    failed = jnp.where(ok, -1, steps).astype(jnp.int32)
+    return y1, (_EVALS_AT_START + _EVALS_PER_STEP[method] * steps).astype(jnp.int32), failed
 
 
 # Embedded explicit Runge–Kutta pairs for :func:`solve_batched`, as (order, diffrax's Butcher tableau);
@@ -194,10 +208,10 @@ def _rk_forward(field, y0, t0, t1, method, rtol, atol, max_steps, per_example, r
         h0 = jnp.full_like(h0, jnp.min(h0))
 
     def cond(state):
-        return jnp.any(~state[-1]) & (state[4] < max_steps)
+        return jnp.any(~state[6]) & (state[4] < max_steps)
 
     def body(state):
-        t, y, k1, h, n, nfe, done = state
+        t, y, k1, h, n, nfe, done, failed = state
         h = jnp.where(done, 0.0, jnp.minimum(h, t1 - t))
         if roll_stages:
             # the stages run in a fori_loop, so the field is compiled once in the step (a network is
@@ -226,6 +240,11 @@ def _rk_forward(field, y0, t0, t1, method, rtol, atol, max_steps, per_example, r
             err_y = combine(tmap(jnp.zeros_like, y), ks, b_err, h)
             k_last = ks[-1]
         err = _scaled_rms(err_y, y, y_new, rtol, atol, batch)
+        # NaN or Inf in an example's stages (a score that returned them): that example has failed, at
+        # this attempted step; it stops here instead of shrinking its step until max_steps
+        bad = ~jnp.isfinite(err) & ~done
+        failed = jnp.where(bad, n, failed)
+        done = done | bad
         if not per_example:  # one step for the batch, every example within tolerance
             err = jnp.full_like(err, jnp.max(jnp.where(done, 0.0, err)))
         accept = (err <= 1.0) & ~done
@@ -235,14 +254,15 @@ def _rk_forward(field, y0, t0, t1, method, rtol, atol, max_steps, per_example, r
         t_new = jnp.where(arrived, t1, t_new)
         nfe = nfe + jnp.where(done, 0, stages - 1)
         return (t_new, select(accept, y_new, y), select(accept, k_last, k1), h * factor, n + 1, nfe,
-                done | (accept & arrived))
+                done | (accept & arrived), failed)
 
     state = (jnp.full((batch,), t0, dtype), y0, k0, h0, jnp.int32(0), jnp.full((batch,), 2, jnp.int32),
-             jnp.zeros((batch,), bool))
-    _, y1, _, _, _, nfe, done = jax.lax.while_loop(cond, body, state)
-    # an example that ran out of max_steps returns NaN rather than a silently wrong value
-    y1 = tmap(lambda v: jnp.where(_bcast(done, v), v, jnp.nan), y1)
-    return y1, nfe
+             jnp.zeros((batch,), bool), jnp.full((batch,), -1, jnp.int32))
+    _, y1, _, _, n, nfe, done, failed = jax.lax.while_loop(cond, body, state)
+    # an example that failed, or ran out of max_steps, returns NaN rather than a silently wrong value
+    failed = jnp.where(done, failed, n)
+    y1 = tmap(lambda v: jnp.where(_bcast(failed < 0, v), v, jnp.nan), y1)
+    return y1, nfe, failed
 
 
 def solve_batched(field, y0, t0, t1, *, method="tsit5", rtol=1e-5, atol=1e-5, max_steps=4096, per_example=True):
@@ -262,11 +282,14 @@ def solve_batched(field, y0, t0, t1, *, method="tsit5", rtol=1e-5, atol=1e-5, ma
     system) at the same tolerances, through a custom VJP; the forward value is this solver's. Examples that need more
     than ``max_steps`` attempted steps come back as NaN.
 
-    Returns ``(y(t1), nfe)``, nfe of shape (batch,): evaluations of ``field`` per example (one at
-    t0 and one for the initial step size, then stages - 1 per attempted step).
+    Returns ``(y(t1), nfe, failed)``, nfe of shape (batch,): evaluations of ``field`` per example (one
+    at t0 and one for the initial step size, then stages - 1 per attempted step); failed (batch,): the
+    attempted step at which an example met NaN or Inf (it stops there) or ``max_steps`` if it ran out,
+    -1 if it finished; a failed example's y(t1) is NaN.
     """
     if method not in _BATCHED_TABLEAUX:
         raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_BATCHED_TABLEAUX)}")
+    check_int("solve_batched", "max_steps", max_steps, lo=1)
     opts = (method, float(rtol), float(atol), int(max_steps), bool(per_example))
     t_dtype = time_dtype(jax.tree_util.tree_leaves(y0)[0])
     t0, t1 = jnp.asarray(t0, t_dtype), jnp.asarray(t1, t_dtype)
@@ -302,9 +325,9 @@ def _solve_batched_bwd(field, opts, residuals, cotangents):
         # one system: the converted field is specialised to the whole batch (its closure holds
         # per-example arrays such as probes), so diffrax cannot vmap it example by example
         return solve_adaptive(f, y0, None, t0, t1, method=diffrax_method, rtol=rtol, atol=atol,
-                              max_steps=max_steps, per_example=False)[0]
+                              max_steps=max_steps, per_example=False)
 
-    _, vjp = jax.vjp(through_diffrax, consts, y0)
+    _, vjp = jax.vjp(lambda c, y: through_diffrax(c, y)[0], consts, y0)
     ct_consts, ct_y0 = vjp(ct_y1)
     return ct_consts, ct_y0, jnp.zeros_like(t0), jnp.zeros_like(t1)
 
@@ -327,7 +350,8 @@ def ode_sample(
     pcoeff: float = 0.0,
     icoeff: float = 1.0,
     per_example: bool = True,
-):
+    check_finite: bool = True,
+) -> SampleResult:
     """Solve the probability-flow ODE from T down to eps adaptively (diffrax, inside jit).
 
     By default each example is integrated with its own step-size control (the solve is vmapped
@@ -339,17 +363,23 @@ def ode_sample(
     are the integral controller). ``key`` is unused (the ODE is deterministic); it keeps the
     signature of :func:`diffjax.samplers.sample`.
 
-    Returns ``(x, nfe)``: samples (shape of x_init) and each example's score evaluations, shape
-    (batch,). The batch as a whole costs max(nfe) batched evaluations.
+    Returns a :class:`~diffjax.results.SampleResult`: ``.x`` (shape of x_init), ``.nfe`` each
+    example's score evaluations (batch,) (the batch as a whole costs max(nfe) batched evaluations),
+    ``.nonfinite_step``: the attempted step at which an example's solve met NaN/Inf or ran out of
+    ``max_steps`` (its x is then NaN), -1 if none; outside a jit of yours such an example raises
+    :class:`~diffjax.results.NonFiniteError` unless ``check_finite=False``.
     """
     del key
     check_x_init(x_init)
-    eps = sde.sampling_eps if eps is None else float(eps)
-    check_solver_options(sde, rtol, atol, eps, method)
-    return _ode_sample(
-        score_fn, sde, x_init, float(rtol), float(atol), eps, method, bool(denoise),
+    eps = sde.sampling_eps if eps is None else eps
+    check_solver_options(sde, rtol, atol, eps, method, max_steps)
+    x, nfe, failed = _ode_sample(
+        score_fn, sde, x_init, float(rtol), float(atol), float(eps), method, bool(denoise),
         int(max_steps), float(pcoeff), float(icoeff), bool(per_example),
     )
+    result = SampleResult(x, nfe, failed)
+    raise_if_nonfinite(result, "ode_sample", check_finite, what="adaptive step", max_steps=int(max_steps))
+    return result
 
 
 @filter_jit
@@ -360,9 +390,12 @@ def _ode_sample(score_fn, sde, x_init, rtol, atol, eps, method, denoise, max_ste
     def field(t, x, args):
         return probability_flow_drift(sde, score_fn, x, jnp.full((x.shape[0],), t, t_dtype)).astype(x.dtype)
 
-    x, nfe = solve_adaptive(field, x_init, None, sde.T, eps, method=method, rtol=rtol, atol=atol,
-                            max_steps=max_steps, per_example=per_example, pcoeff=pcoeff, icoeff=icoeff)
+    x, nfe, failed = solve_adaptive(field, x_init, None, sde.T, eps, method=method, rtol=rtol, atol=atol,
+                                    max_steps=max_steps, per_example=per_example, pcoeff=pcoeff, icoeff=icoeff)
     if denoise:
         x = tweedie_denoise(sde, score_fn, x, jnp.full((x.shape[0],), eps, t_dtype)).astype(x_init.dtype)
+        # the denoiser turning a finite x into NaN counts as the step after the solve's last
+        after_last = (nfe - _EVALS_AT_START) // _EVALS_PER_STEP[method]
+        failed = jnp.where((failed < 0) & first_nonfinite(x), after_last, failed)
         nfe = nfe + 1
-    return x, nfe
+    return x, nfe, failed

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import tempfile
 from typing import Callable, Optional
 
 import jax
@@ -31,7 +33,7 @@ from diffjax.sde import SDE
 
 Array = jax.Array
 
-__all__ = ["GaussianFit", "fit_gaussian", "gaussian_teleport", "gaussian_score", "teleport_t_skip", "default_kappa",
+__all__ = ["GaussianFit", "check_fit", "fit_gaussian", "gaussian_teleport", "gaussian_score", "teleport_t_skip", "default_kappa",
            "teleport_sample", "fitted_timesteps", "gaussian_solver_error"]
 
 
@@ -51,13 +53,46 @@ class GaussianFit:
         return int(jnp.shape(self.mean)[0])
 
     def save(self, path: str) -> None:
-        np.savez(path, mean=np.asarray(self.mean), eigvals=np.asarray(self.eigvals), eigvecs=np.asarray(self.eigvecs),
-                 residual_var=np.asarray(self.residual_var))
+        """Write the fit as an .npz at ``path`` (float64 arrays), in one rename: whole or absent."""
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_gaussian_fit.", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, mean=np.asarray(self.mean), eigvals=np.asarray(self.eigvals),
+                         eigvecs=np.asarray(self.eigvecs), residual_var=np.asarray(self.residual_var))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     @classmethod
     def load(cls, path: str) -> "GaussianFit":
-        with np.load(path) as f:
-            return cls(f["mean"], f["eigvals"], f["eigvecs"], f["residual_var"][()])
+        """The fit saved at ``path``; a ValueError (one line) if the file is not a whole, finite fit."""
+        try:
+            with np.load(path) as f:
+                fit = cls(np.asarray(f["mean"], np.float64), np.asarray(f["eigvals"], np.float64),
+                          np.asarray(f["eigvecs"], np.float64), np.asarray(f["residual_var"], np.float64)[()])
+        except Exception as e:  # noqa: BLE001 - a truncated zip, a missing array, a file of something else
+            raise ValueError(f"{path} is not a saved GaussianFit ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:120]})") from None
+        check_fit(fit, f"the fit in {path}")
+        return fit
+
+
+def check_fit(fit: "GaussianFit", what: str = "the Gaussian fit") -> None:
+    """Raise a one-line ValueError unless a concrete fit has consistent shapes (mean (d,), eigvals (r,),
+    eigvecs (d, r)), finite values and non-negative variances; traced fits pass unchecked."""
+    leaves = (fit.mean, fit.eigvals, fit.eigvecs, fit.residual_var)
+    if any(isinstance(v, jax.core.Tracer) for v in leaves):
+        return
+    mean, lam, vecs, res = (np.asarray(v, np.float64) for v in leaves)
+    if mean.ndim != 1 or lam.ndim != 1 or vecs.shape != (mean.shape[0], lam.shape[0]) or res.ndim != 0:
+        raise ValueError(f"{what} has inconsistent shapes: mean {mean.shape}, eigvals {lam.shape}, eigvecs "
+                         f"{vecs.shape}, residual_var {res.shape}; expected (d,), (r,), (d, r), ()")
+    if not all(np.all(np.isfinite(v)) for v in (mean, lam, vecs, res)):
+        raise ValueError(f"{what} holds NaN or Inf")
+    if np.any(lam < 0) or res < 0:
+        raise ValueError(f"{what} has negative variances (eigvals min {lam.min():.3g}, residual_var {float(res):.3g})")
 
 
 jax.tree_util.register_dataclass(GaussianFit, data_fields=["mean", "eigvals", "eigvecs", "residual_var"], meta_fields=[])
@@ -70,6 +105,9 @@ def fit_gaussian(x, rank: Optional[int] = None) -> GaussianFit:
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     if x.shape[0] < 2:
         raise ValueError(f"fit_gaussian needs at least 2 examples; got {x.shape[0]}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"fit_gaussian: the data hold NaN or Inf in {int(np.sum(~np.all(np.isfinite(x), 1)))} of "
+                         f"{x.shape[0]} examples")
     d = x.shape[1]
     rank = d if rank is None else int(rank)
     if not 1 <= rank <= d:
@@ -84,6 +122,7 @@ def fit_gaussian(x, rank: Optional[int] = None) -> GaussianFit:
 
 def _as_fit(mean, cov) -> GaussianFit:
     if isinstance(mean, GaussianFit):
+        check_fit(mean)
         return mean
     mean = jnp.asarray(mean)
     if isinstance(cov, (tuple, list)):
@@ -153,7 +192,18 @@ def _gaussian_score(fit: GaussianFit, sde: SDE, x: Array, t: Array) -> Array:
 
 def gaussian_score(fit: GaussianFit, sde: SDE):
     """The exact score function ``score_fn(x, t)`` of the fitted Gaussian's marginals (a pytree)."""
+    _check_fit_and_process(fit, sde)
     return bind(_gaussian_score, fit, sde)
+
+
+def _check_fit_and_process(fit, sde) -> None:
+    if isinstance(fit, SDE) and isinstance(sde, GaussianFit):
+        raise TypeError("got (process, fit); this function takes (fit, process)")
+    if not isinstance(fit, GaussianFit):
+        raise TypeError(f"fit must be a GaussianFit (see fit_gaussian); got {type(fit).__name__}")
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a diffjax process instance; got {type(sde).__name__}")
+    check_fit(fit)
 
 
 def default_kappa(nfe: Optional[int]) -> Optional[float]:
@@ -179,6 +229,9 @@ def teleport_t_skip(sde: SDE, fit: GaussianFit, kappa: Optional[float] = None, n
     the moment-matched Gaussian's shrinks like (sqrt(lam_max) / sigma_hat)^3-4 (the mixture oracle of
     the tests); so the teleport error is set by kappa alone, and kappa trades it against the
     evaluations saved for the rest of the trajectory."""
+    if isinstance(sde, GaussianFit) and isinstance(fit, SDE):
+        raise TypeError("got (fit, process); teleport_t_skip takes (process, fit)")
+    _check_fit_and_process(fit, sde)
     kappa = default_kappa(nfe) if kappa is None else float(kappa)
     if kappa is None:
         return float(sde.T)
@@ -192,16 +245,18 @@ def teleport_t_skip(sde: SDE, fit: GaussianFit, kappa: Optional[float] = None, n
 
 
 def teleport_sample(step: Step, score_fn, key, x_init: Array, n_steps: int, fit: GaussianFit, t_skip: float, *,
-                    grid: str | Callable = "karras", eps: Optional[float] = None, denoise: bool = True):
+                    grid: str | Callable = "karras", eps: Optional[float] = None, denoise: bool = True,
+                    check_finite: bool = True):
     """Sample with teleportation: ``x_init`` (at T) is mapped to ``t_skip`` by the Gaussian flow of
     ``fit``, then ``step`` runs ``n_steps`` updates on ``grid`` re-laid over [t_skip, eps] (better than
-    the tail of the full grid at the same number of evaluations). Returns ``(x, nfe)`` as
-    :func:`~diffjax.samplers.sample`; the teleport costs no evaluation."""
+    the tail of the full grid at the same number of evaluations). Returns a
+    :class:`~diffjax.results.SampleResult` as :func:`~diffjax.samplers.sample`; the teleport costs no
+    evaluation."""
     sde = step.sde
     make = TIME_GRIDS[grid] if isinstance(grid, str) else grid
     ts = make(sde, n_steps, eps, dtype=jnp.result_type(x_init, jnp.float32), t_max=t_skip)
     x_skip = gaussian_teleport(sde, x_init, sde.T, t_skip, fit)
-    return sample(step, score_fn, key, x_skip, ts, denoise=denoise)
+    return sample(step, score_fn, key, x_skip, ts, denoise=denoise, check_finite=check_finite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,7 +290,7 @@ def gaussian_solver_error(step: Step, ts: Array, fit: GaussianFit, denoise: bool
     lam, weights = _spectrum(fit, dtype)
     diag = GaussianFit(jnp.zeros_like(lam), lam, jnp.eye(lam.shape[0], dtype=dtype), 0.0)
     x0 = jnp.ones((1, lam.shape[0]), dtype)
-    x, _ = sample(step, gaussian_score(diag, sde), jax.random.PRNGKey(0), x0, ts, denoise=denoise)
+    x = sample(step, gaussian_score(diag, sde), jax.random.PRNGKey(0), x0, ts, denoise=denoise, check_finite=False).x
     t_end = ts[-1:]
     exact = gaussian_teleport(sde, x0, ts[0], ts[-1], diag)
     if denoise:
@@ -271,6 +326,7 @@ def fitted_timesteps(step: Step, n: int, fit: GaussianFit, *, eps: Optional[floa
     import optax
 
     sde = step.sde
+    check_fit(fit)
     eps = sde.sampling_eps if eps is None else float(eps)
     t_max = sde.T if t_max is None else float(t_max)
     key = (step, n, eps, t_max, init, iters, learning_rate, max_ratio, tuple(np.asarray(fit.eigvals).round(12)),

@@ -161,7 +161,7 @@ def digits_case(batch, ref_tol):
     x = jnp.asarray(data.levels_to_model(jnp.asarray(levels[:batch], jnp.float32), data.DIGITS_LEVELS, (-1.0, 1.0), u),
                     jnp.float32)
     key = jax.random.PRNGKey(1)
-    ref, _, _ = log_likelihood(key, sde, score_fn, x, rtol=ref_tol, atol=ref_tol)
+    ref = log_likelihood(sde, score_fn, key, x, rtol=ref_tol, atol=ref_tol).logp
     ref = np.asarray(ref, np.float64)
 
     def err(logp, z):
@@ -188,13 +188,14 @@ def run_case(case, tols_scipy, tols_ours, targets, repeats, verbose):
     for per_example, rows in ((True, rows_o), (False, rows_sh)):
         for tol in tols_ours:
             def ours(tol=tol, per_example=per_example):
-                return log_likelihood(key, sde, score_fn, x, divergence=divergence, rtol=tol, atol=tol,
+                return log_likelihood(sde, score_fn, key, x, divergence=divergence, rtol=tol, atol=tol,
                                       per_example=per_example)
 
             t0 = time.perf_counter()
-            lp, z, nfe = jax.block_until_ready(ours())
+            res = jax.block_until_ready(ours())
+            lp, z, nfe = res.logp, res.z, res.nfe
             compile_s = time.perf_counter() - t0
-            t = median_time(lambda: ours()[0], repeats)
+            t = median_time(lambda: ours().logp, repeats)
             rows.append((tol, t, int(nfe.max()), err(lp, z), compile_s))
     if verbose:
         for name, rows in (("scipy RK45", rows_s), ("fused host", rows_f), ("ours", rows_o), ("ours, shared", rows_sh)):

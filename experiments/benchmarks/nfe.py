@@ -69,8 +69,9 @@ def run(step, score_fn, x_T, n_updates, grid, fit, t_skip):
     else:
         ts = S.TIME_GRIDS[grid](sde, n_updates, dtype=jnp.float64, t_max=t_max)
     x = x_T if t_skip is None else S.gaussian_teleport(sde, x_T, sde.T, t_skip, fit)
-    out, nfe = S.sample(step, score_fn, jax.random.PRNGKey(0), x, ts)
-    return out, int(nfe)
+    res = S.sample(step, score_fn, jax.random.PRNGKey(0), x, ts)
+    out, nfe = res.x, res.nfe
+    return out, int(nfe[0])
 
 
 DIGITS_SAMPLERS = [("ddim", 0, "log_snr"), ("dpmpp_2m", 0, "log_snr"), ("dpmpp_3m", 3, "log_snr"),
@@ -127,8 +128,8 @@ def main() -> None:
     x_T = S.prior_sample(sde, jax.random.PRNGKey(1), (args.n, 3), jnp.float64)
     ref_step = S.unipc(sde, order=3)
     t0 = time.perf_counter()
-    ref, _ = S.sample(ref_step, score_fn, jax.random.PRNGKey(0), x_T, S.log_snr_timesteps(sde, 4000, dtype=jnp.float64))
-    ref2, _ = S.sample(ref_step, score_fn, jax.random.PRNGKey(0), x_T, S.log_snr_timesteps(sde, 2000, dtype=jnp.float64))
+    ref = S.sample(ref_step, score_fn, jax.random.PRNGKey(0), x_T, S.log_snr_timesteps(sde, 4000, dtype=jnp.float64)).x
+    ref2 = S.sample(ref_step, score_fn, jax.random.PRNGKey(0), x_T, S.log_snr_timesteps(sde, 2000, dtype=jnp.float64)).x
     ref_acc = float(jnp.mean(jnp.linalg.norm(ref - ref2, axis=1)))
     print(f"reference: UniPC-3, 4000 log-SNR steps; mean |ref(4000) - ref(2000)| = {ref_acc:.1e} "
           f"({time.perf_counter() - t0:.0f} s)")

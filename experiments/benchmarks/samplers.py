@@ -71,7 +71,8 @@ def accuracy_table(n_samples, budgets):
             if n_steps < 1:
                 cells.append(f"{'-':>18}")
                 continue
-            x, nfe = S.sample(step, gm.score_fn(sde), key, x_init, S.TIME_GRIDS[grid](sde, n_steps))
+            res = S.sample(step, gm.score_fn(sde), key, x_init, S.TIME_GRIDS[grid](sde, n_steps))
+            x, nfe = res.x, res.nfe
             x = np.asarray(x, np.float64)
             if not np.all(np.isfinite(x)):
                 cells.append(f"{'diverged':>18}")
@@ -80,7 +81,8 @@ def accuracy_table(n_samples, budgets):
             cells.append(f"{1e3 * mmd2(x, check.reference):>9.3f} / {cov_err:<6.3f}")
         print("   " + f"{label:<18}" + "".join(cells))
     for tol in (1e-3, 1e-5):
-        x, nfe = S.ode_sample(sde, gm.score_fn(sde), key, x_init, rtol=tol, atol=tol)
+        res = S.ode_sample(sde, gm.score_fn(sde), key, x_init, rtol=tol, atol=tol)
+        x, nfe = res.x, res.nfe
         x = np.asarray(x, np.float64)
         cov_err = np.linalg.norm(np.cov(x.T) - check.cov) / np.linalg.norm(check.cov)
         print(f"   adaptive tsit5 rtol=atol={tol:g}: mean NFE {float(jnp.mean(nfe)):.0f}, "
@@ -126,7 +128,7 @@ def overhead(batch, width, n_steps):
     for label, opts, grid in [s for s in SAMPLERS if s[0] in ("euler_maruyama", "ode_heun", "ddim", "dpmpp_2m", "dpmpp_2m_sde")]:
         step = S.get_step(label, sde, **opts)
         ts = S.TIME_GRIDS[grid](sde, n_steps // step.nfe)
-        wall = median_time(lambda: S.sample(step, score_fn, key, x_init, ts, denoise=False)[0])
+        wall = median_time(lambda: S.sample(step, score_fn, key, x_init, ts, denoise=False).x)
         nfe = (n_steps // step.nfe) * step.nfe
         print(f"   {label:<18}{nfe:>6}{1e3 * wall:>10.1f}{wall / (nfe * t_call):>16.3f}{wall / t_scan * n_steps / nfe:>13.3f}")
 
@@ -156,7 +158,7 @@ def host_designs(label, sde, score_fn, x_init, n_steps, tol):
         return x
 
     def scan():
-        return S.sample(step, score_fn, key, x_init, ts, denoise=False)[0]
+        return S.sample(step, score_fn, key, x_init, ts, denoise=False).x
 
     t_host, t_scan = median_time(host_loop, repeats=3), median_time(scan, repeats=3)
     same = np.allclose(np.asarray(host_loop()), np.asarray(scan()), atol=1e-4)
@@ -178,8 +180,9 @@ def host_designs(label, sde, score_fn, x_init, n_steps, tol):
         return sol.y[:, -1].reshape(batch, dim)
 
     with x64():  # the reference: our adaptive solve in float64 at rtol = atol = 1e-10
-        ref, _ = S.ode_sample(sde, score_fn, None, jnp.asarray(x_init, jnp.float64), rtol=1e-10, atol=1e-10,
-                              denoise=False, max_steps=100_000)
+        res = S.ode_sample(sde, score_fn, None, jnp.asarray(x_init, jnp.float64), rtol=1e-10, atol=1e-10,
+                           denoise=False, max_steps=100_000)
+        ref = res.x
         ref = np.asarray(ref, np.float64)
     t_scipy = median_time(lambda: scipy_solve(tol), repeats=3)
     x_scipy = scipy_solve(tol)
@@ -189,10 +192,11 @@ def host_designs(label, sde, score_fn, x_init, n_steps, tol):
         return S.ode_sample(sde, score_fn, None, x_init, rtol=tol, atol=tol, denoise=False)
 
     t0 = time.perf_counter()
-    jax.block_until_ready(jax.jit(lambda x: S.ode_sample(sde, score_fn, None, x, rtol=tol, atol=tol, denoise=False)[0])(x_init + 0.0))
+    jax.block_until_ready(jax.jit(lambda x: S.ode_sample(sde, score_fn, None, x, rtol=tol, atol=tol, denoise=False).x)(x_init + 0.0))
     t_compile = time.perf_counter() - t0
-    t_ours = median_time(lambda: ours()[0], repeats=3)
-    x_ours, nfe_ours = ours()
+    t_ours = median_time(lambda: ours().x, repeats=3)
+    res = ours()
+    x_ours, nfe_ours = res.x, res.nfe
 
     def err(x):
         return float(np.sqrt(np.mean((np.asarray(x, np.float64) - ref) ** 2)) / np.sqrt(np.mean(ref**2)))
@@ -201,8 +205,9 @@ def host_designs(label, sde, score_fn, x_init, n_steps, tol):
           f"relative RMS error {err(x_scipy):.1e}")
     print(f"   {'':>27}diffrax Tsit5 in jit {1e3 * t_ours:.0f} ms, NFE {int(nfe_ours.max())} (max over examples), "
           f"relative RMS error {err(x_ours):.1e}; compile {t_compile:.1f} s")
-    t_batch = median_time(lambda: S.ode_sample(sde, score_fn, None, x_init, rtol=tol, atol=tol, denoise=False, per_example=False)[0], repeats=3)
-    x_b, nfe_b = S.ode_sample(sde, score_fn, None, x_init, rtol=tol, atol=tol, denoise=False, per_example=False)
+    t_batch = median_time(lambda: S.ode_sample(sde, score_fn, None, x_init, rtol=tol, atol=tol, denoise=False, per_example=False).x, repeats=3)
+    res = S.ode_sample(sde, score_fn, None, x_init, rtol=tol, atol=tol, denoise=False, per_example=False)
+    x_b, nfe_b = res.x, res.nfe
     print(f"   {'':>27}diffrax Tsit5, one error norm for the batch (per_example=False) {1e3 * t_batch:.0f} ms, "
           f"NFE {int(nfe_b[0])}, relative RMS error {err(x_b):.1e}")
     print(f"   {'':>27}ratio scipy / ours = {t_scipy / t_ours:.1f}x per-example control, {t_scipy / t_batch:.1f}x batch control")

@@ -1,0 +1,180 @@
+"""What a run may write, and where: the work directory's marker, output paths checked before any work,
+and atomic writes.
+
+A work directory is ours when it holds the marker file ``.diffjax_run.json`` (written when ``train``
+creates the run) or, for runs made before the marker existed, diffjax's checkpoint layout
+(``checkpoints/`` beside ``config.json``). ``train`` writes into nothing else: a directory that
+holds other files is refused before anything is written. Every command checks that it can write
+where it will write before it computes (a read-only folder, a path under a file, an output that is a
+folder are one-line errors), and files are written to a temporary name and renamed, so a file is
+either whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Callable, Optional
+
+__all__ = ["MARKER", "RUN_FORMAT", "claim_workdir", "read_marker", "is_run", "check_writable_dir", "check_output_path",
+           "atomic_write", "write_json", "OUTPUT_KEY"]
+
+MARKER = ".diffjax_run.json"
+# 2: every checkpoint carries a digest of its files (diffjax.checkpoint); runs of format 1 (no marker)
+# have checkpoints without digests up to the step recorded as "digests_from"
+RUN_FORMAT = 2
+# an array stored in every .npz that diffjax writes, so a rerun may replace its own output and
+# never a file of the user's
+OUTPUT_KEY = "diffjax_output"
+
+
+def _error(message: str) -> ValueError:
+    return ValueError(" ".join(message.split()))
+
+
+def read_marker(workdir: str) -> Optional[dict]:
+    """The marker's contents, {} for a run made before markers existed, None if ``workdir`` is not a run."""
+    path = os.path.join(workdir, MARKER)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                marker = json.load(f)
+        except (OSError, ValueError) as e:
+            raise _error(f"{path} is unreadable ({type(e).__name__}); it marks {workdir} as a diffjax run, "
+                         "restore it or move the directory away") from None
+        if not isinstance(marker, dict):
+            raise _error(f"{path} is not a diffjax run marker")
+        return marker
+    if _has_orbax_steps(os.path.join(workdir, "checkpoints")) and os.path.isfile(os.path.join(workdir, "config.json")):
+        return {}  # a run of an earlier version
+    return None
+
+
+def _has_orbax_steps(directory: str) -> bool:
+    """Whether ``directory`` holds a checkpoint step as orbax writes it (a numbered folder with its
+    commit marker), which a folder of the user's own does not."""
+    if not os.path.isdir(directory):
+        return False
+    return any(d.isdigit() and os.path.isfile(os.path.join(directory, d, "_CHECKPOINT_METADATA"))
+               for d in os.listdir(directory))
+
+
+def is_run(workdir: str) -> bool:
+    """True if ``workdir`` is a diffjax run (see the module docstring)."""
+    return os.path.isdir(workdir) and read_marker(workdir) is not None
+
+
+def check_writable_dir(directory: str, what: str) -> None:
+    """Raise a one-line ValueError unless ``directory`` exists or can be made, and a file can be created
+    in it (a probe file, removed at once). ``what`` names the path in the message ("--out", ...)."""
+    probe_from = os.path.abspath(directory)
+    parent = probe_from
+    while not os.path.exists(parent):  # the nearest existing ancestor
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise _error(f"{what} {directory}: {parent} is a file, so nothing can be written under it")
+    if os.path.isdir(probe_from):
+        parent = probe_from
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".diffjax_probe_", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise _error(f"{what} {directory} is not writable ({e.strerror or type(e).__name__} in {parent}); choose a "
+                     "writable place") from None
+
+
+def claim_workdir(workdir: str, *, write: bool = True) -> dict:
+    """Make ``workdir`` a run, or check that it is one, before anything is written; returns its marker.
+
+    A missing or empty directory becomes a run (``write``: the directory and the marker are created);
+    a run keeps its marker (a run of an earlier version gets one, recording that its checkpoints up to
+    now carry no digests). A file, a directory of other files, or a read-only place is a ValueError
+    that names it, and nothing is written.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise _error(f"--workdir {workdir} is a file; expected a directory (new or of this run)")
+    marker = read_marker(workdir) if os.path.isdir(workdir) else None
+    if marker is None and os.path.isdir(workdir):
+        own = sorted(os.listdir(workdir))
+        if own:
+            shown = ", ".join(own[:3]) + (f" and {len(own) - 3} more" if len(own) > 3 else "")
+            raise _error(f"--workdir {workdir} is not a diffjax run and not empty (it holds {shown}); nothing was "
+                         "written: give a new or empty directory")
+    check_writable_dir(workdir, "--workdir")
+    if marker and marker.get("format") == RUN_FORMAT:
+        return marker
+    new = {"format": RUN_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "digests_from": _legacy_digests_from(workdir) if marker == {} else 0}
+    if write:
+        os.makedirs(workdir, exist_ok=True)
+        write_json(os.path.join(workdir, MARKER), new)
+    return new
+
+
+def _legacy_digests_from(workdir: str) -> int:
+    """The first step a run of an earlier version will save with a digest: one after its last checkpoint."""
+    directory = os.path.join(workdir, "checkpoints")
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+    return max(steps, default=-1) + 1
+
+
+def check_output_path(path: str, suffix: str, what: str = "--out", siblings: tuple = (), owned: bool = False) -> None:
+    """Raise a one-line ValueError unless ``path`` can take an output file of ``suffix``: it ends so, it is
+    not a folder, nothing on the way is a file, the folder is writable, and neither it nor its
+    ``siblings`` (other suffixes written beside it, e.g. ".png") is a file diffjax did not write
+    (``owned``: the path lies in a run's own folder, whose files are diffjax's)."""
+    if not path.endswith(suffix):
+        raise _error(f"{what} {path}: the output file must end in {suffix}")
+    if os.path.isdir(path):
+        raise _error(f"{what} {path} is a folder; expected a file path ending in {suffix}")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), what)
+    base = path[: -len(suffix)]
+    for p in (path, *(base + s for s in siblings)):
+        if os.path.isdir(p):
+            raise _error(f"{what} {path}: {p} (written beside it) is a folder; choose another name")
+    if owned:
+        return
+    if os.path.exists(path) and not _written_by_us(path):
+        raise _error(f"{what} {path} exists and was not written by diffjax; choose another name or remove it")
+    for p in (base + s for s in siblings):
+        if os.path.exists(p) and not (os.path.exists(path) and _written_by_us(path)):
+            raise _error(f"{what} {path}: {p} (written beside it) exists and is not diffjax's; choose another name")
+
+
+def _written_by_us(path: str) -> bool:
+    if not path.endswith(".npz"):
+        return False
+    try:
+        import numpy as np
+
+        with np.load(path) as f:
+            return OUTPUT_KEY in f.files
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` writes a temporary file beside ``path``, which then replaces ``path`` in one rename:
+    readers see the old file or the whole new one, never half of it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, value) -> None:
+    """``value`` as indented JSON at ``path``, atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=2)
+
+    atomic_write(path, write)
