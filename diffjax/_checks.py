@@ -56,32 +56,26 @@ def check_real(owner: str, name: str, value: Any, *, lo: float | None = None, hi
     return value
 
 
-def check_int(owner: str, name: str, value: Any, *, lo: int | None = None) -> int:
-    """``value`` as an int if it is an integer (not a bool) >= ``lo``; else a one-line error."""
+def check_int(owner: str, name: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as an int if it is an integer (not a bool) in [``lo``, ``hi``]; else a one-line error."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{owner}: {name} must be an integer; got {describe(value)}")
     if lo is not None and value < lo:
         raise ValueError(f"{owner}: {name} must be an integer >= {lo}; got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{owner}: {name} must be an integer <= {hi}; got {value}")
     return int(value)
-
-
-@jax.jit
-def _nonfinite_rows(x):
-    return ~jax.numpy.all(jax.numpy.isfinite(x.reshape(x.shape[0], -1)), axis=1)
 
 
 def check_finite_input(name: str, x: Any) -> None:
     """Raise a ValueError naming how many examples of a concrete array ``x`` (batch, ...) hold NaN or Inf.
-    A JAX array is checked where it lives (one flag per example comes back, not the array)."""
+    (Checked on the host: called inside a trace, a device computation would itself be traced.)"""
     if is_traced(x) or x is None or np.ndim(x) == 0:
         return
     if not jax.numpy.issubdtype(jax.numpy.result_type(x), jax.numpy.inexact) or np.size(x) == 0:
         return
-    if isinstance(x, jax.Array):
-        bad = np.asarray(_nonfinite_rows(x))
-    else:
-        v = np.asarray(x)
-        bad = ~np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)
+    v = np.asarray(x)
+    bad = ~np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)
     if bad.any():
         first = int(np.argmax(bad))
         raise ValueError(f"{name} holds NaN or Inf in {int(bad.sum())} of {bad.shape[0]} examples (first: example "

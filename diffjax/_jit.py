@@ -25,7 +25,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-__all__ = ["filter_jit", "bind", "Bound", "is_array"]
+__all__ = ["filter_jit", "bind", "Bound", "is_array", "partition", "combine"]
 
 
 def is_array(leaf: Any) -> bool:
@@ -70,7 +70,7 @@ def _node_types(treedef) -> tuple:
     return tuple(out)
 
 
-def _partition(tree: Any):
+def partition(tree: Any):
     """(static, arrays): a hashable description of everything but the arrays, and the arrays.
 
     An array object that occurs more than once (a mixture held by both a score and its divergence
@@ -89,7 +89,7 @@ def _partition(tree: Any):
     return (treedef, _node_types(treedef), tuple(statics)), arrays
 
 
-def _combine(static, arrays):
+def combine(static, arrays):
     treedef, _, statics = static
     return jax.tree_util.tree_unflatten(treedef, [arrays[s] if isinstance(s, int) else s.value for s in statics])
 
@@ -97,20 +97,23 @@ def _combine(static, arrays):
 def filter_jit(fun: Callable) -> Callable:
     """``fun`` compiled with ``jax.jit``, its arguments' array leaves traced and the rest static.
 
-    The returned function has ``cache_size()``: the number of programs compiled so far.
+    The returned function has ``cache_size()``: the number of programs traced (and so compiled) so far.
     """
+
+    traces = [0]
 
     @functools.partial(jax.jit, static_argnums=0)
     def compiled(static, arrays):
-        args, kwargs = _combine(static, arrays)
+        traces[0] += 1  # runs once per trace, and jit traces once per new program
+        args, kwargs = combine(static, arrays)
         return fun(*args, **kwargs)
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        static, arrays = _partition((args, kwargs))
+        static, arrays = partition((args, kwargs))
         return compiled(static, arrays)
 
-    call.cache_size = compiled._cache_size
+    call.cache_size = lambda: traces[0]
     return call
 
 
@@ -124,7 +127,7 @@ class Bound:
     def __init__(self, fn: Callable, *args, **kwargs):
         if not callable(fn):
             raise TypeError(f"bind needs a callable; got {type(fn).__name__}")
-        self._static, self._arrays = _partition((fn, args, kwargs))
+        self._static, self._arrays = partition((fn, args, kwargs))
 
     @classmethod
     def _rebuild(cls, static, arrays) -> "Bound":
@@ -133,7 +136,7 @@ class Bound:
         return out
 
     def __call__(self, *more, **more_kwargs):
-        fn, args, kwargs = _combine(self._static, self._arrays)
+        fn, args, kwargs = combine(self._static, self._arrays)
         return fn(*args, *more, **{**kwargs, **more_kwargs})
 
     def __eq__(self, other) -> bool:
@@ -145,7 +148,7 @@ class Bound:
         return hash((self._static, tuple(id(a) for a in self._arrays)))
 
     def __repr__(self) -> str:
-        fn, args, kwargs = _combine(self._static, self._arrays)
+        fn, args, kwargs = combine(self._static, self._arrays)
         return f"bind({getattr(fn, '__name__', fn)!s}, {len(args)} args, {len(self._arrays)} arrays)"
 
 

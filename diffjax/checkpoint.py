@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "abstract_like", "DIGEST_FILE", "file_digests"]
+__all__ = ["CheckpointError", "Checkpointer", "abstract_like", "DIGEST_FILE", "file_digests", "check_layout"]
 
 DIGEST_FILE = "diffjax_digest.json"
 
@@ -30,8 +31,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored (corrupt, incomplete, or for another model)."""
 
 
-_WHAT_NOW = ("the files were left as they are; `diffjax train --restore-intact` resumes from the newest intact "
-             "step, `--step N` samples another one")
+_WHAT_NOW = "files left as they are; `train --restore-intact` resumes from the newest intact step"
+# what a file that is not a regular file (a link, a pipe, a device) is recorded as: never opened
+_NOT_REGULAR = [-1, "not a regular file"]
 
 
 def abstract_like(tree: Any, shardings: Any = None) -> Any:
@@ -42,7 +44,9 @@ def abstract_like(tree: Any, shardings: Any = None) -> Any:
 
 
 def file_digests(directory: str) -> dict:
-    """{relative path: [size, sha256]} of every file under ``directory`` but the digest file itself."""
+    """{relative path: [size, sha256]} of every file under ``directory`` but the digest file itself.
+    Anything that is not a regular file (a symbolic link, a named pipe) is listed as
+    ``[-1, "not a regular file"]`` and never opened, so a pipe cannot block a verification."""
     out = {}
     for root, dirs, files in os.walk(directory):
         dirs.sort()
@@ -51,12 +55,31 @@ def file_digests(directory: str) -> dict:
             rel = os.path.relpath(path, directory)
             if rel == DIGEST_FILE:
                 continue
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode):
+                out[rel] = list(_NOT_REGULAR)
+                continue
             h = hashlib.sha256()
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
-            out[rel] = [os.path.getsize(path), h.hexdigest()]
+            out[rel] = [info.st_size, h.hexdigest()]
     return out
+
+
+def check_layout(directory: str) -> None:
+    """Raise :class:`CheckpointError` unless ``directory`` (a run's ``checkpoints/``) is a folder whose
+    numbered entries are all saved steps: orbax takes any numbered folder for a step and deletes the
+    oldest ones, so a folder of the user's named ``1`` would be lost."""
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} is a file; a run keeps its checkpoints in a folder of that name")
+    foreign = [d for d in sorted(os.listdir(directory)) if d.isdigit()
+               and not os.path.isfile(os.path.join(directory, d, "_CHECKPOINT_METADATA"))]
+    if foreign:
+        raise CheckpointError(f"{directory} holds {', '.join(foreign[:3])}, numbered like a step but not a saved "
+                              "checkpoint; diffjax would delete it as an old step: move it out of checkpoints/")
 
 
 class Checkpointer:
@@ -72,6 +95,7 @@ class Checkpointer:
                  digests_from: Optional[int] = 0):
         self.directory = os.path.abspath(directory)
         self.digests_from = digests_from
+        check_layout(self.directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True,
                                                enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config", "data"))
@@ -116,15 +140,21 @@ class Checkpointer:
             return
         try:
             with open(path) as f:
-                recorded = json.load(f)["files"]
-            recorded = {str(k): (int(v[0]), str(v[1])) for k, v in recorded.items()}
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+                record = json.load(f)
+            recorded = {str(k): (int(v[0]), str(v[1])) for k, v in record["files"].items()}
+            saved_as = int(record["step"])
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise CheckpointError(f"{where}: its {DIGEST_FILE} is unreadable ({type(e).__name__}); {_WHAT_NOW}") from None
+        if saved_as != int(step):
+            raise CheckpointError(f"{where}: it was saved as step {saved_as} (the folder was renamed or copied "
+                                  f"from another step); {_WHAT_NOW}")
         actual = {k: tuple(v) for k, v in file_digests(directory).items()}
         problems = [f"{k} is missing" for k in sorted(set(recorded) - set(actual))]
         for k in sorted(set(recorded) & set(actual)):
             (size, digest), (now_size, now_digest) = recorded[k], actual[k]
-            if size != now_size:
+            if now_size == _NOT_REGULAR[0] and size != now_size:
+                problems.append(f"{k} is not a regular file")
+            elif size != now_size:
                 problems.append(f"{k} has {now_size} bytes, not {size}")
             elif digest != now_digest:
                 problems.append(f"{k} has other bytes (SHA-256 differs)")

@@ -19,8 +19,8 @@ from typing import Sequence
 
 __all__ = ["main"]
 
-# sampling flags of `sample` and `evaluate` -> the config key each one sets
-SAMPLING_FLAGS = {"sampler": "method", "steps": "n_steps", "grid": "grid", "predictor": "predictor",
+# sampling flags of `sample` and `evaluate` -> the config key (sampling.KEY) each one sets, typed
+SAMPLING_FLAGS = {"sampler": "method", "steps": "num_steps", "grid": "grid", "predictor": "predictor",
                   "corrector": "corrector", "snr": "snr", "guidance": "guidance_weight", "order": "order",
                   "teleport": "teleport"}
 
@@ -32,24 +32,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    """argparse type of counts (--num, --steps, --batch): an integer >= 1."""
+def _int_in(lo: int, hi: int, what: str = "an integer"):
+    """argparse type: an integer in [lo, hi] (counts far past any machine's memory are refused early)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} in [{lo}, {hi:.0e}], got {text[:24]!r}")
+        return value
+    return parse
+
+
+_positive_int = _int_in(1, 10 ** 9, "a positive integer")  # --num, --batch, --steps of train
+_seed = _int_in(0, 2 ** 63 - 1, "a seed")
+
+
+def _finite_positive(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=None, help="a sampler name (dpmpp_2m, ddim, edm_heun, pc, ode, ...); "
                                                    "default: the config's sampling.method")
-    p.add_argument("--steps", type=_positive_int, default=None, help="time steps of a fixed-step sampler")
+    p.add_argument("--steps", type=_int_in(1, 10 ** 6, "a number of steps"), default=None,
+                   help="time steps of a fixed-step sampler")
     p.add_argument("--grid", default=None, help="time grid: uniform, quadratic, log_snr, karras or fitted (to the "
                                                 "data's Gaussian, for the sampler and the number of steps)")
-    p.add_argument("--order", type=_positive_int, default=None, help="order of unipc (1-3) or dpmpp_3m")
+    p.add_argument("--order", type=_int_in(1, 3, "an order"), default=None, help="order of unipc or dpmpp_3m (1-3)")
     p.add_argument("--teleport", default=None, help="off, auto or KAPPA: start the sampler at sigma_hat = KAPPA "
                                                     "x the data's largest std, reached by the exact Gaussian flow")
     p.add_argument("--predictor", default=None, help="predictor of the pc sampler")
@@ -69,7 +86,7 @@ def _distributed_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-processes", type=_positive_int, default=None, help="processes in all "
                                                                              "(or DIFFJAX_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, default=None, help="this process, 0 .. N-1 (or DIFFJAX_PROCESS_ID)")
-    g.add_argument("--peer-timeout", type=float, default=20.0,
+    g.add_argument("--peer-timeout", type=_finite_positive, default=20.0,
                    help="seconds without a peer's heartbeat before this process stops (default 20)")
 
 
@@ -80,7 +97,7 @@ def _run_flags(p: argparse.ArgumentParser, num_default, num_help: str, several_w
     else:
         p.add_argument("--workdir", required=True)
     p.add_argument("--num", type=_positive_int, default=num_default, help=num_help)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--batch", type=_positive_int, default=None, help="examples per compiled call")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
 
@@ -140,13 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sampling_overrides(args) -> list[str]:
-    out = []
-    for flag, key in SAMPLING_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            out.append(f"sampling.{key}={value!r}" if isinstance(value, str) else f"sampling.{key}={value}")
-    return out
+def _sampling_options(args) -> dict:
+    """The sampling flags given, as typed values of the config's ``sampling`` keys."""
+    return {key: getattr(args, flag) for flag, key in SAMPLING_FLAGS.items() if getattr(args, flag) is not None}
 
 
 def _train(args, overrides) -> int:
@@ -159,7 +172,7 @@ def _train(args, overrides) -> int:
     name = os.path.splitext(os.path.basename(args.config))[0]
     if name == "config" and args.config.endswith(".json"):  # a run's saved config: name the run after its folder
         name = os.path.basename(os.path.dirname(os.path.abspath(args.config))) or name
-    workdir = args.workdir or os.path.join("runs", name)
+    workdir = os.path.join("runs", name) if args.workdir is None else args.workdir
     result = train(config, workdir, progress=not args.no_progress, restore_intact=args.restore_intact)
     if not result.get("stopped"):
         print(f"done: step {result['step']} in {result['workdir']}")
@@ -193,17 +206,17 @@ def _superpose(args) -> int:
     if args.out is not None:
         check_output_path(args.out, ".npz", "--out", siblings=(".png",))
     runs = [load_run(w, args.step) for w in workdirs]
-    n_steps = args.steps or 1000
+    num_steps = args.steps or 1000
     out = args.out or os.path.join(workdirs[0], "samples", f"superpose_{args.superpose}_{runs[0].step}.npz")
     if args.out is None:
-        check_output_path(out, ".npz", "the run's samples folder (or give --out)", siblings=(".png",), owned=True)
+        check_output_path(out, ".npz", "the run's samples folder (or give --out)", siblings=(".png",))
     x, log_q, kappa, nfe = superpose(runs, jax.random.PRNGKey(args.seed), args.num, args.superpose, weights=weights,
                                      temperature=1.0 if args.temperature is None else args.temperature,
-                                     n_steps=n_steps, grid=args.grid or "uniform", ode=args.ode,
+                                     num_steps=num_steps, grid=args.grid or "uniform", ode=args.ode,
                                      batch_size=args.batch)
     png = write_samples(runs[0], x, out, log_q=log_q, kappa=kappa)
     print(f"{len(x)} samples of {args.superpose.upper()}({', '.join(workdirs)}) ({'Heun, probability flow' if args.ode else 'Euler-Maruyama'}, "
-          f"{n_steps} steps, {nfe} score evaluations each) -> {out}, {png}")
+          f"{num_steps} steps, {nfe} score evaluations each) -> {out}, {png}")
     return 0
 
 
@@ -226,10 +239,10 @@ def _sample(args) -> int:
     if args.ode:
         raise ValueError("--ode applies to --superpose only (one run's ODE sampler is --sampler ode)")
     args.workdir = args.workdir[0]
-    run = load_run(args.workdir, args.step, _sampling_overrides(args))
+    run = load_run(args.workdir, args.step, sampling=_sampling_options(args))
     out = args.out or os.path.join(args.workdir, "samples", f"samples_{run.step}.npz")
     if args.out is None:
-        check_output_path(out, ".npz", "the run's samples folder (or give --out)", siblings=(".png",), owned=True)
+        check_output_path(out, ".npz", "the run's samples folder (or give --out)", siblings=(".png",))
     x, nfe = generate(run, jax.random.PRNGKey(args.seed), args.num, args.batch)
     png = write_samples(run, x, out)
     print(f"{len(x)} samples ({run.config.sampling.method}, {nfe} score evaluations each) -> {out}, {png}")
@@ -243,7 +256,7 @@ def _evaluate(args) -> int:
 
     if args.fp_residual:
         return _fp_residual(args)
-    run = load_run(args.workdir, args.step, _sampling_overrides(args))
+    run = load_run(args.workdir, args.step, sampling=_sampling_options(args))
     ev = evaluate(run, jax.random.PRNGKey(args.seed), args.num or 1000, args.batch, args.inception,
                   progress=not args.no_progress)
     print(format_evaluation(ev))
@@ -255,15 +268,15 @@ def _fp_residual(args) -> int:
 
     from diffjax.run import load_run
     from diffjax.run.evaluate import evaluate_fp_residual, format_fp_residual
-    from diffjax.run.files import check_writable_dir, write_json
+    from diffjax.run.files import OUTPUT_KEY, check_output_path, write_json
 
     run = load_run(args.workdir, args.step)
     out = os.path.join(args.workdir, "eval", f"fp_residual_{run.step}.json")
-    check_writable_dir(os.path.dirname(out), "the run's eval folder")
+    check_output_path(out, ".json", "the run's eval folder")
     ev = evaluate_fp_residual(run, jax.random.PRNGKey(args.seed), "test", args.num or 256)
     print(format_fp_residual(ev))
     if jax.process_index() == 0:
-        write_json(out, ev)
+        write_json(out, {**ev, OUTPUT_KEY: run.step})
         print(f"-> {out}")
     return 0
 
@@ -288,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     args, unknown = _parser().parse_known_args([a for a in argv if not a.startswith("--config.")])
     if unknown:
-        _parser().error(f"unrecognised arguments: {' '.join(unknown)} (config keys are set with --config.KEY=VALUE)")
+        shown = " ".join(repr(a) if not a.isprintable() or " " in a else a for a in unknown[:5])
+        _parser().error(f"unrecognised arguments: {shown[:200]} (config keys are set with --config.KEY=VALUE)")
     if overrides and args.command != "train":
         _parser().error("--config.KEY=VALUE overrides apply to `diffjax train` only")
 

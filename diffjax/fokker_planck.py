@@ -29,9 +29,13 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from diffjax.samplers.density import divergence
-from diffjax.sde import SDE, check_batch_time, expand_to
+from diffjax._checks import is_traced
+from diffjax.numerics.divergence import divergence
+from diffjax.score import check_score_inputs
+from diffjax.numerics.arrays import expand_to
+from diffjax.processes import SDE, check_batch_time
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -39,27 +43,19 @@ ScoreFn = Callable[[Array, Array], Array]
 __all__ = ["DIVERGENCES", "TIME_WEIGHTINGS", "score_fp_residual", "fp_residual_sq", "fp_time_weight",
            "fp_residual_by_time"]
 
-DIVERGENCES = ("hutchinson", "exact")
+DIVERGENCES = ("rademacher", "exact")  # Hutchinson with Rademacher probes, or the exact trace
 TIME_WEIGHTINGS = ("none", "g4", "sigma4", "sigma4_g4")
 
 
 def _check(sde, score_fn, x, t, key, divergence) -> None:
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a diffjax process (diffjax.sde.PROCESSES); got {type(sde).__name__}")
-    sde.require_gaussian("the Fokker–Planck residual of dx = f x dt + g dW")
-    if not callable(score_fn):
-        raise TypeError("score_fn must be callable score_fn(x, t)")
-    if jnp.ndim(x) < 2:
-        raise ValueError(f"x must have shape (batch, *data_dims) with at least one data dim; got {jnp.shape(x)}")
-    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        raise TypeError(f"x must be floating point; got {jnp.result_type(x)}")
+    check_score_inputs("the Fokker–Planck residual of dx = f x dt + g dW", sde, score_fn, x)
     check_batch_time(x, t, T=sde.T)
     if not jnp.issubdtype(jnp.result_type(t), jnp.floating):
         raise TypeError(f"t must be floating point (the residual differentiates in t); got {jnp.result_type(t)}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
-    if divergence == "hutchinson" and key is None:
-        raise ValueError("divergence='hutchinson' needs a PRNG key for its probes; pass key=... or use "
+    if divergence == "rademacher" and key is None:
+        raise ValueError("divergence='rademacher' needs a PRNG key for its probes; pass key=... or use "
                          "divergence='exact'")
 
 
@@ -87,8 +83,8 @@ def _potential_grad(score_fn, x, t, f, g2, probe):
     return jax.grad(potential)(x)
 
 
-def score_fp_residual(sde: SDE, score_fn: ScoreFn, x: Array, t: Array, key: Optional[Array] = None, *,
-                      divergence: str = "hutchinson") -> Array:
+def score_fp_residual(sde: SDE, score_fn: ScoreFn, x: Array, t: Array, *, key: Optional[Array] = None,
+                      divergence: str = "rademacher") -> Array:
     """The score Fokker–Planck residual R(x, t), shape of x (batch, ...):
 
         R = d_t s - grad_x [ g(t)^2 / 2 (div s + |s|^2) - f(t) <x, s> ],
@@ -100,8 +96,9 @@ def score_fp_residual(sde: SDE, score_fn: ScoreFn, x: Array, t: Array, key: Opti
       sde: a Gaussian process (VE, VP, sub-VP, EDM, cosine, ...).
       score_fn: ``score_fn(x, t)``, differentiable in x (to third order) and in t.
       x: (batch, *data_dims) floating point; t: (batch,) in [0, T].
-      key: PRNG key of the Rademacher probe (needed for ``divergence="hutchinson"``).
-      divergence: "hutchinson" (one probe: grad(div s) estimated unbiasedly with one JVP, so R is
+      key: PRNG key of the Rademacher probe, keyword-only: needed for ``divergence="rademacher"``,
+        none for the exact divergence.
+      divergence: "rademacher" (Hutchinson: one Rademacher probe: grad(div s) estimated unbiasedly with one JVP, so R is
         unbiased) or "exact" (d JVPs; for low dimension).
     """
     _check(sde, score_fn, x, t, key, divergence)
@@ -110,11 +107,11 @@ def score_fp_residual(sde: SDE, score_fn: ScoreFn, x: Array, t: Array, key: Opti
     return time_part - _potential_grad(score_fn, x, t, f, g2, probe)
 
 
-def fp_residual_sq(sde: SDE, score_fn: ScoreFn, x: Array, t: Array, key: Optional[Array] = None, *,
-                   divergence: str = "hutchinson") -> Array:
+def fp_residual_sq(sde: SDE, score_fn: ScoreFn, x: Array, t: Array, *, key: Optional[Array] = None,
+                   divergence: str = "rademacher") -> Array:
     """Per-example squared norm |R(x, t)|^2 (summed over data dims), shape (batch,).
 
-    With ``divergence="hutchinson"`` it is <R_eps1, R_eps2> for two independent Rademacher probes:
+    With ``divergence="rademacher"`` it is <R_eps1, R_eps2> for two independent Rademacher probes:
     an unbiased estimate of |R|^2 (one probe's |R_eps|^2 would overestimate it by the probe's
     variance); a single value may be negative. With "exact" it is |R|^2 itself.
     """
@@ -149,7 +146,7 @@ def fp_time_weight(sde: SDE, t: Array, weighting: str) -> Array:
 
 
 def fp_residual_by_time(sde: SDE, score_fn: ScoreFn, key: Array, x0: Array, ts: Array, *,
-                        divergence: str = "hutchinson") -> dict:
+                        divergence: str = "rademacher") -> dict:
     """The residual per time, on x_t ~ q_t drawn from data x0 (n, ...) at each t of ``ts`` (m,).
 
     Returns a dict of (m,) arrays: ``t``; ``rms_residual`` = sqrt(mean_x |R|^2) (unbiased |R|^2
@@ -159,6 +156,8 @@ def fp_residual_by_time(sde: SDE, score_fn: ScoreFn, key: Array, x0: Array, ts: 
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or not jnp.issubdtype(ts.dtype, jnp.floating):
         raise ValueError(f"ts must be a 1-D floating array of times; got shape {ts.shape}, dtype {ts.dtype}")
+    if not is_traced(ts) and not np.all(np.isfinite(np.asarray(ts))):
+        raise ValueError("ts must be finite times in (0, T]; got NaN or Inf")
     if jnp.ndim(x0) < 2:
         raise ValueError(f"x0 must have shape (n, *data_dims); got {jnp.shape(x0)}")
     n = x0.shape[0]
@@ -169,7 +168,7 @@ def fp_residual_by_time(sde: SDE, score_fn: ScoreFn, key: Array, x0: Array, ts: 
         k_z, k_p = jax.random.split(k)
         t = jnp.full((n,), tv, ts.dtype)
         xt = sde.perturb(k_z, x0, t).astype(x0.dtype)
-        sq = fp_residual_sq(sde, score_fn, xt, t, k_p, divergence=divergence)
+        sq = fp_residual_sq(sde, score_fn, xt, t, key=k_p, divergence=divergence)
         _, g = sde.drift_diffusion_coeffs(t)
         s = score_fn(xt, t)
         scale = g**4 * jnp.sum((s**2).reshape(n, -1), axis=1)

@@ -28,23 +28,14 @@ import jax.numpy as jnp
 from jax.tree_util import Partial
 import numpy as np
 
+from diffjax._checks import check_real, is_traced
 from diffjax.losses import split_batch
-from diffjax._jit import filter_jit
+from diffjax.numerics.arrays import expand_to
+from diffjax.numerics.random import fold_keys, normal_like, per_example_keys
+from diffjax.processes import SDE
 from diffjax.results import SampleResult, raise_if_nonfinite
-from diffjax.samplers.base import (
-    Step,
-    Wrapper,
-    _per_example_keys,
-    check_timesteps,
-    check_x_init,
-    fold_keys,
-    normal_like,
-    prior_sample,
-    sample,
-    step_class,
-    time_dtype,
-)
-from diffjax.sde import SDE, expand_to
+from diffjax.samplers.base import Step, Wrapper, prior_sample, step_class
+from diffjax.samplers.driver import check_x_init, drive
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -95,7 +86,7 @@ def _check_mask(y: Array, mask: Array) -> Array:
     if shape != jnp.shape(y):
         raise ValueError(f"mask of shape {mask.shape} must broadcast to the data's shape {jnp.shape(y)} "
                          "(1 = known, 0 = to be sampled)")
-    if not isinstance(mask, jax.core.Tracer):
+    if not is_traced(mask):
         values = np.unique(np.asarray(mask, np.float64))
         if not np.all(np.isin(values, (0.0, 1.0))):
             raise ValueError(f"mask must hold 0 (to be sampled) and 1 (known) only; got values {values[:5]}")
@@ -103,13 +94,12 @@ def _check_mask(y: Array, mask: Array) -> Array:
 
 
 @step_class
-class Inpaint(Wrapper):
+class _Inpaint(Wrapper):
     """``step`` with the known region (mask = 1) of ``y`` (batch, ...) re-imposed after every update.
 
     After the wrapped update (at t_next for a predictor, at t for a corrector) the known pixels of
-    x become a(t) y + sigma(t) z and those of x_mean become a(t) y; the unknown pixels are the
-    step's own. ``y`` and ``mask`` are children of the step's pytree: new known data of the same
-    shape does not recompile the sampler.
+    x become a(t) y + sigma(t) z; the unknown pixels are the step's own. ``y`` and ``mask`` are
+    children of the step's pytree: new known data of the same shape does not recompile the sampler.
     """
 
     step: Step
@@ -126,17 +116,18 @@ class Inpaint(Wrapper):
     def update(self, keys, x, state, t, t_next, score_fn):
         if jnp.shape(x) != jnp.shape(self.y):
             raise ValueError(f"the samples {jnp.shape(x)} and the known data {jnp.shape(self.y)} must have one shape")
-        x, x_mean, state = self.step.update(keys, x, state, t, t_next, score_fn)
+        x, state = self.step.update(keys, x, state, t, t_next, score_fn)
         now = t_next if self.step.moves_time else t
-        known, known_mean = forward_perturb(self.sde, fold_keys(keys, _PERTURB_FOLD), self.y, now)
-        return paste_known(x, known, self.mask), paste_known(x_mean, known_mean, self.mask), state
+        known, _ = forward_perturb(self.sde, fold_keys(keys, _PERTURB_FOLD), self.y, now)
+        return paste_known(x, known, self.mask), state
 
 
-def inpaint(step: Step, y: Array, mask: Array) -> Inpaint:
-    """``step`` with the known region of ``y`` re-imposed after every update (see :class:`Inpaint`)."""
+def inpaint(step: Step, y: Array, mask: Array) -> Step:
+    """``step`` with the known region (mask = 1) of ``y`` (batch, ...) re-imposed after every update:
+    the known pixels of x become a(t) y + sigma(t) z, the unknown ones are the step's own."""
     if not isinstance(step, Step):
         raise TypeError(f"inpaint wraps a diffjax.samplers.Step; got {type(step).__name__}")
-    return Inpaint(step, jnp.asarray(y), _check_mask(y, mask))
+    return _Inpaint(step, jnp.asarray(y), _check_mask(y, mask))
 
 
 def inpaint_sample(step: Step, score_fn: ScoreFn, key: Array, y: Array, mask: Array, timesteps: Array,
@@ -149,30 +140,28 @@ def inpaint_sample(step: Step, score_fn: ScoreFn, key: Array, y: Array, mask: Ar
     ``key`` is one key (example i uses fold_in(key, i)) or one per example. Returns a
     :class:`~diffjax.results.SampleResult` (as :func:`~diffjax.samplers.sample`).
     """
-    check_x_init(y)
+    return _inpaint_sample(step, score_fn, key, y, mask, timesteps, denoise, check_finite, "inpaint_sample")
+
+
+def _known_start(step: Step, keys: Array, y: Array, mask: Array, t0: Array) -> Array:
+    """x_T from the prior with the known region set to the known data perturbed to t0."""
+    known, _ = forward_perturb(step.sde, fold_keys(keys, _PERTURB_FOLD + 1), y, jnp.full((y.shape[0],), t0))
+    return paste_known(prior_sample(step.sde, keys, y.shape, y.dtype), known, mask)
+
+
+def _inpaint_sample(step, score_fn, key, y, mask, timesteps, denoise, check_finite, where, couple=None):
+    """The driver on the inpainting wrapper from a start whose known region is the perturbed data; the
+    known values pasted back exactly at the end. ``couple`` maps the result back (colourisation)."""
+    check_x_init(y, "y")
+    y = jnp.asarray(y)
     mask = _check_mask(y, mask)
-    ts = check_timesteps(timesteps, step.sde, time_dtype(y))
-    result = _inpaint_run(step, score_fn, bool(denoise), False, key, jnp.asarray(y), mask, ts)
-    raise_if_nonfinite(result, "inpaint_sample", check_finite, steps=ts)
+    keys = per_example_keys(key, y.shape[0])
+    x_init = _known_start(step, keys, y, mask, jnp.asarray(timesteps)[0])
+    run = drive(inpaint(step, y, mask), score_fn, keys, x_init, timesteps, denoise=denoise)
+    x = paste_known(run.x, y, mask)
+    result = SampleResult(x if couple is None else couple(x), run.nfe, run.nonfinite_step)
+    raise_if_nonfinite(result, where, check_finite, steps=run.timesteps)
     return result
-
-
-def _inpaint_impl(step, score_fn, denoise, decoupled, key, y, mask, ts):
-    if decoupled:  # colourisation: y, x and the score live in the decoupled colour space
-        rgb_score_fn = score_fn
-
-        def score_fn(z, t):
-            return decouple_colors(rgb_score_fn(couple_colors(z), t))
-
-    keys = _per_example_keys(key, y.shape[0])
-    t0 = jnp.full((y.shape[0],), ts[0], ts.dtype)
-    known, _ = forward_perturb(step.sde, fold_keys(keys, _PERTURB_FOLD + 1), y, t0)
-    x_init = paste_known(prior_sample(step.sde, keys, y.shape, y.dtype), known, mask)
-    r = sample(inpaint(step, y, mask), score_fn, keys, x_init, ts, denoise=denoise)
-    return SampleResult(paste_known(r.x, y, mask), r.nfe, r.nonfinite_step)
-
-
-_inpaint_run = filter_jit(_inpaint_impl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,11 +208,17 @@ def colorize_sample(step: Step, score_fn: ScoreFn, key: Array, grey: Array, time
     g = jnp.mean(grey, axis=-1, keepdims=True)
     y = decouple_colors(jnp.broadcast_to(g, (*g.shape[:-1], 3)))
     mask = jnp.broadcast_to(jnp.asarray([1.0, 0.0, 0.0], y.dtype), y.shape)
-    ts = check_timesteps(timesteps, step.sde, time_dtype(y))
-    r = _inpaint_run(step, score_fn, bool(denoise), True, key, y, mask, ts)
-    result = SampleResult(couple_colors(r.x), r.nfe, r.nonfinite_step)
-    raise_if_nonfinite(result, "colorize_sample", check_finite, steps=ts)
-    return result
+    return _inpaint_sample(step, _decoupled_score(score_fn), key, y, mask, timesteps, denoise, check_finite,
+                           "colorize_sample", couple=couple_colors)
+
+
+def _in_decoupled_space(rgb_score_fn, z, t):
+    return decouple_colors(rgb_score_fn(couple_colors(z), t))
+
+
+def _decoupled_score(rgb_score_fn):
+    """The score in the decoupled colour space z = x M: s_z(z) = s_x(z M^T) M (M orthonormal)."""
+    return Partial(_in_decoupled_space, rgb_score_fn)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,6 +244,18 @@ def _is_zero(w) -> bool:
     return isinstance(w, (int, float)) and not isinstance(w, bool) and w == 0
 
 
+def _weight(w):
+    """A guidance weight as the combinators hold it: 0 stays a Python 0 (one score evaluation, its own
+    program); any other number becomes an array (a Python number float32, an array keeps its float
+    dtype), traced, so a new weight does not recompile."""
+    if not is_traced(w) and jnp.ndim(w) == 0:
+        check_real("guidance", "weight", w)
+    if _is_zero(w):
+        return 0.0
+    floating = hasattr(w, "dtype") and jnp.issubdtype(w.dtype, jnp.floating)
+    return jnp.asarray(w) if floating else jnp.asarray(w, jnp.float32)
+
+
 def _classifier_guided(score_fn, log_prob_fn, scale, x, t):
     grad = jax.grad(lambda x_: jnp.sum(log_prob_fn(x_, t)))(x)
     return (score_fn(x, t) + scale * grad).astype(x.dtype)
@@ -261,7 +268,7 @@ def classifier_guided_score(score_fn: ScoreFn, log_prob_fn: Callable[[Array, Arr
     p(x | y); larger scales sharpen it. A ``Partial`` whose leaves (the scores' and classifier's
     parameters, ``scale`` when an array) are traced: pass ``scale`` as an array to change it, or
     differentiate with respect to it, without recompiling."""
-    return Partial(_classifier_guided, score_fn, log_prob_fn, scale)
+    return Partial(_classifier_guided, score_fn, log_prob_fn, _weight(scale))
 
 
 def _guided(cond_score_fn, uncond_score_fn, w, x, t):
@@ -273,11 +280,10 @@ def _guided(cond_score_fn, uncond_score_fn, w, x, t):
 def guided_score(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, w: float | Array) -> Partial:
     """(1 + w) s(x, t | y) - w s(x, t): classifier-free guidance from two score functions.
 
-    w = 0 is conditional sampling; with exact scores this equals classifier guidance at scale
-    1 + w, since s(x | y) - s(x) = grad_x log p_t(y | x). ``w`` as a Python number is static (one
-    program per value; w = 0 evaluates one score); as an array it is traced (no recompile, and
-    differentiable)."""
-    return Partial(_guided, cond_score_fn, uncond_score_fn, w)
+    w = 0 is conditional sampling (one score evaluation); with exact scores this equals classifier
+    guidance at scale 1 + w, since s(x | y) - s(x) = grad_x log p_t(y | x). Any other ``w`` is held
+    as an array and traced: a new value never recompiles, and it is differentiable."""
+    return Partial(_guided, cond_score_fn, uncond_score_fn, _weight(w))
 
 
 def _classifier_free(score_model, params, labels, w, null_label, label_key, x, t):
@@ -298,7 +304,7 @@ def classifier_free_guided_score(score_model: Callable[..., Array], params: Any,
     labels = jnp.asarray(labels)
     if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be integers of shape (batch,); got {labels.dtype} {labels.shape}")
-    return Partial(_classifier_free, score_model, params, labels, w, int(null_label), label_key)
+    return Partial(_classifier_free, score_model, params, labels, _weight(w), int(null_label), label_key)
 
 
 def with_label_dropout(loss_fn: Callable, p: float, null_label: int, label_key: str = "class_labels") -> Callable:
@@ -321,19 +327,20 @@ def with_label_dropout(loss_fn: Callable, p: float, null_label: int, label_key: 
     return dropped_loss
 
 
-def get_classifier_loss_fn(sde: SDE, logits_model: Callable[..., Array], *, eps: float = 1e-5,
+def get_classifier_loss_fn(sde: SDE, logits_model: Callable[..., Array], *, t_min: float | None = None,
                            t_max: float | None = None, label_key: str = "class_labels",
                            rng_kwarg: str | None = None) -> Callable:
     """Cross-entropy of a time-dependent classifier on perturbed data.
 
-    ``logits_model(params, x, t, **kw) -> (batch, num_classes)``. For each example t ~ U(eps, t_max)
-    (default T) and x_t = a(t) x + sigma(t) z. Returns ``loss_fn(key, params, batch) -> (loss,
+    ``logits_model(params, x, t, **kw) -> (batch, num_classes)``. For each example t ~ U(t_min, t_max)
+    (defaults the process's t_min and T) and x_t = a(t) x + sigma(t) z. Returns ``loss_fn(key, params, batch) -> (loss,
     {"loss", "accuracy"})`` for :func:`diffjax.training.make_train_step`; the batch is a mapping
     with "x" and ``label_key``.
     """
     t_max = sde.T if t_max is None else t_max
-    if not 0.0 <= eps < t_max <= sde.T:
-        raise ValueError(f"need 0 <= eps < t_max <= T = {sde.T}; got eps={eps}, t_max={t_max}")
+    t_min = sde.t_min if t_min is None else t_min
+    if not 0.0 <= t_min < t_max <= sde.T:
+        raise ValueError(f"need 0 <= t_min < t_max <= T = {sde.T}; got t_min={t_min}, t_max={t_max}")
 
     def loss_fn(key, params, batch):
         x, cond = split_batch(batch)
@@ -341,7 +348,7 @@ def get_classifier_loss_fn(sde: SDE, logits_model: Callable[..., Array], *, eps:
             raise ValueError(f"a classifier batch needs labels under {label_key!r}; got keys {sorted(cond)}")
         labels = cond.pop(label_key).astype(jnp.int32)
         k_t, k_z, k_model = jax.random.split(key, 3)
-        t = jax.random.uniform(k_t, (x.shape[0],), jnp.float32, eps, t_max)
+        t = jax.random.uniform(k_t, (x.shape[0],), jnp.float32, t_min, t_max)
         a, s = sde.marginal_coeffs(t)
         x_t = expand_to(a, x) * x + expand_to(s, x) * jax.random.normal(k_z, x.shape, x.dtype)
         if rng_kwarg is not None:

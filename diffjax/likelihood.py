@@ -3,11 +3,11 @@
 With the probability-flow drift f~(x, t) = f(t) x - g(t)^2 s(x, t) / 2, the instantaneous change of
 variables gives along the flow x(t) (Chen et al. 2018; Song et al. 2021, eq. 39)
 
-    log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt.
+    log p_t0(x(t0)) = log p_T(x(T)) + int_t0^T div f~(x(t), t) dt,     t0 = t_end.
 
-:func:`log_likelihood` integrates the augmented state [x, int div f~] from eps to T on device, in
+:func:`log_likelihood` integrates the augmented state [x, int div f~] from t_end to T on device, in
 one ``lax.while_loop`` (or with diffrax), and returns logp = prior_logp(x(T)) + int div f~: the
-exact log-density of the model's t = eps marginal when the score is exact, up to the prior
+exact log-density of the model's t = t_end marginal when the score is exact, up to the prior
 mismatch log p_T - prior_logp (which is negligible for VP and sub-VP at T = 1, and not for VE with
 a small sigma_max).
 """
@@ -21,21 +21,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._checks import check_int, check_real, describe, is_traced
 from diffjax._jit import filter_jit
+from diffjax.numerics.divergence import DIVERGENCES, check_divergence
+from diffjax.numerics.divergence import divergence as divergence_of
+from diffjax.numerics.random import per_example_keys
+from diffjax.numerics.runge_kutta import ADJOINTS, check_solve_options, solve_adaptive, solve_batched
+from diffjax.processes import SDE, check_t_end, probability_flow_drift
 from diffjax.results import BitsResult, LikelihoodResult, raise_if_nonfinite
-from diffjax.samplers.base import _per_example_keys, sequenced
-from diffjax.samplers.density import divergence as divergence_of
-from diffjax.samplers.ode import (_BATCHED_TABLEAUX, check_solver_options, probability_flow_drift, solve_adaptive,
-                                  solve_batched)
-from diffjax.sde import SDE
+from diffjax.score import check_score_inputs, checked_score
 
 Array = jax.Array
 
-__all__ = ["DIVERGENCES", "log_likelihood", "bits_per_dim", "dequantize"]
-
-DIVERGENCES = ("rademacher", "gaussian", "exact")
-SOLVERS = ("batched", "diffrax")
-
+__all__ = ["log_likelihood", "bits_per_dim", "dequantize"]
 
 def _check_order(name: str, sde, score_fn) -> None:
     """The call order of diffjax 0.1, (key, process, score_fn, x), refused in one line."""
@@ -44,32 +42,20 @@ def _check_order(name: str, sde, score_fn) -> None:
                         "move the key to third place")
 
 
-def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method, solver="diffrax", max_steps=1):
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a diffjax process (diffjax.sde.PROCESSES); got {type(sde).__name__}")
-    sde.require_gaussian("the probability-flow likelihood (Gaussian prior density and kernel)")
-    if not callable(score_fn):
-        raise TypeError("score_fn must be callable score_fn(x, t)")
-    if jnp.ndim(x) < 2:
-        raise ValueError(f"x must have shape (batch, *data_dims) with at least one data dim; got {jnp.shape(x)}")
-    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        raise TypeError(f"x must be floating point data in the model's range; got {jnp.result_type(x)} "
-                        "(integer levels go through bits_per_dim)")
-    if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
-        raise ValueError("x holds NaN or Inf; the likelihood needs finite data")
-    if not callable(divergence) and divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES} or a function "
-                         "div_fn(x, t) -> (batch,) giving the score's divergence")
-    if not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes must be an integer >= 1; got {n_probes!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
-    if solver == "batched" and method in _BATCHED_TABLEAUX:
-        check_solver_options(sde, rtol, atol, eps, "tsit5", max_steps, "log_likelihood")
-    elif solver == "batched":
-        raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_BATCHED_TABLEAUX)}")
-    else:
-        check_solver_options(sde, rtol, atol, eps, method, max_steps, "log_likelihood")
+def _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, t_end, method, solver, max_steps, adjoint):
+    check_score_inputs("the probability-flow likelihood (Gaussian prior density and kernel)", sde, score_fn, x,
+                       " data in the model's range (integer levels go through bits_per_dim)")
+    if not callable(divergence):
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES} or a function "
+                             "div_fn(x, t) -> (batch,) giving the score's divergence")
+        check_divergence(divergence, n_probes)
+    check_solve_options("log_likelihood", solver, method, rtol, atol, max_steps)
+    check_t_end("log_likelihood", sde, t_end)
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"unknown adjoint {adjoint!r}; expected one of {tuple(ADJOINTS)}")
+    if adjoint != "checkpoint" and solver != "diffrax":
+        raise ValueError(f"adjoint={adjoint!r} applies to solver='diffrax' (the batched solver is reverse-mode only)")
 
 
 def log_likelihood(
@@ -82,20 +68,21 @@ def log_likelihood(
     n_probes: int = 1,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float = 1e-5,
+    t_end: float | None = None,
     method: str = "tsit5",
     max_steps: int = 4096,
     per_example: bool = True,
     solver: str = "batched",
+    adjoint: str = "checkpoint",
     check_finite: bool = True,
 ) -> LikelihoodResult:
-    """Log-density log p_eps(x) (nats) of each example under the probability-flow ODE.
+    """Log-density log p_{t_end}(x) (nats) of each example under the probability-flow ODE.
 
     Args:
       sde, score_fn: the process and ``score_fn(x, t)``.
       key: one PRNG key, or one per example (shape (batch,)), for the divergence probes. Example i's
         probes come from fold_in(key, i), so results do not depend on the batch.
-      x: data at t = eps in the model's space, shape (batch, *data_dims).
+      x: data at t = t_end in the model's space, shape (batch, *data_dims).
       divergence: "rademacher" or "gaussian" (Hutchinson–Skilling: div f~ ~ v^T (df~/dx) v with a
         probe v drawn once and fixed over the whole solve, averaged over ``n_probes`` probes; one
         Jacobian-vector product each) or "exact" (the trace of the full Jacobian: d products; for
@@ -104,7 +91,8 @@ def log_likelihood(
         div f~ = d f(t) - g(t)^2 div_fn(x, t) / 2 and an evaluation costs a score and div_fn, not d
         products. At d >= 16 the d products are most of the solve's time.
       rtol, atol: the step controller's tolerances; the error norm covers x and the integral.
-      eps: start time (1e-5, as the original).
+      t_end: the data's time, where the solve starts (default the process's ``t_min``: 1e-5 for VE,
+        VP and sub-VP, as the original; EDM's sigma_min).
       method: "tsit5" or "dopri5" (fifth order), or "bosh3" (third order; batched solver only).
       solver: "batched" (default since issue 18) integrates the whole batch in one
         ``lax.while_loop`` (:func:`diffjax.samplers.ode.solve_batched`): the same embedded RK pairs
@@ -118,10 +106,11 @@ def log_likelihood(
     is within tolerance (the per-example maximum); with diffrax one RMS norm over the whole batch (the
     original's design, accuracy controlled only on average). Differentiable with ``jax.grad`` in x and
     in anything the score closes over (discretise-then-optimise through diffrax's
-    RecursiveCheckpointAdjoint; the batched solver's VJP re-solves with diffrax at the same tolerances).
+    RecursiveCheckpointAdjoint; the batched solver's VJP re-solves with diffrax at the same
+    tolerances), and in forward mode with ``solver="diffrax", adjoint="forward"``.
 
     Returns a :class:`~diffjax.results.LikelihoodResult`: ``.logp`` (batch,) = prior_logp(z) +
-    int_eps^T div f~ dt; ``.z`` = x(T), the latent (shape of x); ``.nfe`` (batch,): evaluations of the
+    int_{t_end}^T div f~ dt; ``.z`` = x(T), the latent (shape of x); ``.nfe`` (batch,): evaluations of the
     augmented vector field per example (each is one score evaluation with ``n_probes`` JVPs, d for
     "exact", or a score and ``div_fn`` for a function); ``.nonfinite_step`` (batch,): the attempted
     step at which an example's solve met NaN/Inf or ran out of ``max_steps`` (its logp is then NaN),
@@ -129,11 +118,12 @@ def log_likelihood(
     :class:`~diffjax.results.NonFiniteError` unless ``check_finite=False``.
     """
     _check_order("log_likelihood", sde, score_fn)
-    _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, eps, method, solver, max_steps)
-    keys = _per_example_keys(key, jnp.shape(x)[0])
+    t_end = sde.t_min if t_end is None and isinstance(sde, SDE) else t_end
+    _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, t_end, method, solver, max_steps, adjoint)
+    keys = per_example_keys(key, jnp.shape(x)[0])
     result = _log_likelihood(
         score_fn, sde, keys, jnp.asarray(x), divergence, int(n_probes), float(rtol), float(atol),
-        float(eps), method, int(max_steps), bool(per_example), solver,
+        float(t_end), method, int(max_steps), bool(per_example), solver, adjoint,
     )
     raise_if_nonfinite(result, "log_likelihood", check_finite, what="adaptive step", max_steps=int(max_steps))
     return result
@@ -149,14 +139,14 @@ def _probes(keys: Array, shape, n_probes: int, divergence: str, dtype) -> Array:
 
 
 @filter_jit
-def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, eps, method, max_steps, per_example,
-                    solver="diffrax"):
-    score_fn = sequenced(score_fn)
+def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, t_end, method, max_steps, per_example,
+                    solver, adjoint):
+    score_fn = checked_score(score_fn)
     data_shape = x.shape[1:]
     closed_form = callable(divergence)
     # (probes are unused by the exact and closed-form divergences; drawn anyway, the solve's args stay one shape)
     probes = _probes(keys, data_shape, n_probes, "rademacher" if closed_form else divergence, x.dtype)
-    div_fn = sequenced(divergence, "the divergence function", per_example=True) if closed_form else None
+    div_fn = checked_score(divergence, "the divergence function", per_example=True) if closed_form else None
 
     def augmented(t, state, probe):
         """(f~(y, t), div f~) for a batch y (n, *data_shape) and its probes (n, n_probes, *data_shape);
@@ -176,19 +166,20 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, ep
 
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
     if solver == "batched":
-        (z, delta), nfe, failed = solve_batched(lambda t, state: augmented(t, state, probes), y0, eps, sde.T,
+        (z, delta), nfe, failed = solve_batched(lambda t, state: augmented(t, state, probes), y0, t_end, sde.T,
                                                 method=method, rtol=rtol, atol=atol, max_steps=max_steps,
                                                 per_example=per_example)
     else:
-        (z, delta), nfe, failed = solve_adaptive(augmented, y0, probes, eps, sde.T, method=method, rtol=rtol,
-                                                 atol=atol, max_steps=max_steps, per_example=per_example)
+        (z, delta), nfe, failed = solve_adaptive(augmented, y0, probes, t_end, sde.T, method=method, rtol=rtol,
+                                                 atol=atol, max_steps=max_steps, per_example=per_example,
+                                                 adjoint=adjoint)
     return LikelihoodResult(sde.prior_logp(z) + delta, z, nfe, failed)
 
 
 def dequantize(key: Array, x: Array, levels: int, data_range=(-1.0, 1.0)) -> Array:
     """Uniform dequantisation of integer data k in {0, ..., levels-1} into the model's range:
     x~ = lo + (hi - lo) (k + u) / levels, u ~ U[0, 1)^d, one key per example (see log_likelihood)."""
-    keys = _per_example_keys(key, jnp.shape(x)[0])
+    keys = per_example_keys(key, jnp.shape(x)[0])
     return _dequantize(keys, jnp.asarray(x, jnp.float32), levels, tuple(float(v) for v in data_range))
 
 
@@ -208,12 +199,13 @@ def _dequantization_keys(keys, j):
 
 
 def _check_levels(x, levels, data_range):
-    if not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2 (256 for 8-bit images, 17 for digits); got {levels!r}")
-    lo, hi = data_range
+    check_int("bits_per_dim", "levels (256 for 8-bit images, 17 for digits)", levels, lo=2, hi=2 ** 24)
+    if not (isinstance(data_range, (tuple, list)) and len(data_range) == 2):
+        raise TypeError(f"bits_per_dim: data_range must be a pair (lo, hi); got {describe(data_range)}")
+    lo, hi = (check_real("bits_per_dim", f"data_range[{i}]", v) for i, v in enumerate(data_range))
     if not hi > lo:
         raise ValueError(f"data_range must be (lo, hi) with hi > lo; got {data_range}")
-    if isinstance(x, jax.core.Tracer):
+    if is_traced(x):
         return
     v = np.asarray(x)
     if v.size and (v.min() < 0 or v.max() > levels - 1 or not np.all(v == np.round(v))):
@@ -256,10 +248,10 @@ def bits_per_dim(
     """
     _check_order("bits_per_dim", sde, score_fn)
     _check_levels(x, levels, data_range)
-    if not isinstance(num_dequantizations, int) or num_dequantizations < 1:
-        raise ValueError(f"num_dequantizations must be an integer >= 1; got {num_dequantizations!r}")
+    levels, data_range = int(levels), tuple(float(v) for v in data_range)
+    check_int("bits_per_dim", "num_dequantizations", num_dequantizations, lo=1)
     lo, hi = data_range
-    keys = _per_example_keys(key, jnp.shape(x)[0])
+    keys = per_example_keys(key, jnp.shape(x)[0])
     check = kwargs.pop("check_finite", True)
     logps, nfe, failed = [], 0, None
     for j in range(num_dequantizations):

@@ -7,11 +7,17 @@ score model as conditioning keyword arguments (e.g. ``"y"`` for class labels). T
 
 Continuous DSM (Song et al. 2021, eq. 7), with x_t = a(t) x0 + sigma(t) z:
 
-    L = E_{t ~ U(eps, T)} E_{x0, z} [ lambda(t) / sigma(t)^2 * R || sigma(t) s(x_t, t) + z ||^2 ]
+    L = E_{t ~ U(t_min, T)} E_{x0, z} [ lambda(t) / sigma(t)^2 * R || sigma(t) s(x_t, t) + z ||^2 ]
 
-where R reduces over the data dimensions: the mean (``reduce_mean=True``) or half the sum (the
-original's default). lambda = sigma^2 by default; lambda = g^2 with ``likelihood_weighting``
-(Song, Durkan, Murray & Ermon 2021), whose loss bounds the negative log-likelihood.
+where R reduces over the data dimensions: the mean (``reduce_mean=True``, every loss's default) or
+half the sum (the original score_sde's choice, which its configs keep). lambda = sigma^2 by default;
+lambda = g^2 with ``likelihood_weighting`` (Song, Durkan, Murray & Ermon 2021), whose loss bounds the
+negative log-likelihood.
+
+Defaults follow the process: t_min is its ``t_min`` (1e-5 for VE, VP and sub-VP as the original;
+EDM's sigma_min), and where time is the noise level (EDM, PFGM++) the DSM loss draws it
+log-normally (``time_sampling="auto"``), since t uniform on [0.002, 80] would train almost only at
+large noise.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import fokker_planck
-from diffjax._checks import check_finite_input
-from diffjax.sde import SDE, VESDE, VPSDE, expand_to
+from diffjax._checks import check_finite_input, check_real
+from diffjax.numerics.arrays import expand_to
+from diffjax.processes import SDE, VESDE, VPSDE, NoiseLevelTime
 
 Array = jax.Array
 LossFn = Callable[[Array, Any, Any], tuple[Array, dict]]
@@ -38,7 +45,10 @@ __all__ = [
     "get_edm_loss_fn",
     "get_flow_matching_loss_fn",
     "TIME_SAMPLINGS",
+    "DSM_TIME_SAMPLINGS",
 ]
+
+DSM_TIME_SAMPLINGS = ("auto", "uniform", "log_normal")
 
 
 def split_batch(batch: Any) -> tuple[Array, dict]:
@@ -65,7 +75,7 @@ def _reduce(sq: Array, reduce_mean: bool) -> Array:
 
 def _check(sde: SDE, score_model: Callable) -> None:
     if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a diffjax process (diffjax.sde.PROCESSES); got {type(sde).__name__}")
+        raise TypeError(f"sde must be a diffjax process (diffjax.processes); got {type(sde).__name__}")
     if not callable(score_model):
         raise TypeError("score_model must be callable score_model(params, x, t, **cond)")
 
@@ -74,27 +84,34 @@ def get_dsm_loss_fn(
     sde: SDE,
     score_model: Callable[..., Array],
     *,
-    reduce_mean: bool = False,
+    reduce_mean: bool = True,
     likelihood_weighting: bool = False,
     importance_sampling: bool = False,
-    eps: float = 1e-5,
+    t_min: float | None = None,
+    time_sampling: str = "auto",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
     rng_kwarg: str | None = None,
     fp_weight: float = 0.0,
     fp_time_weighting: str = "sigma4_g4",
     fp_num_examples: int = 0,
-    fp_divergence: str = "hutchinson",
+    fp_divergence: str = "rademacher",
 ) -> LossFn:
     """Continuous-time denoising score-matching loss for any process.
 
     Args:
       sde: the forward process.
       score_model: ``score_model(params, x, t, **cond) -> score``.
-      reduce_mean: mean over data dimensions (True) or half their sum (False, the original's default).
+      reduce_mean: mean over data dimensions (True) or half their sum (False, the original's choice).
       likelihood_weighting: lambda(t) = g(t)^2 instead of sigma(t)^2.
       importance_sampling: with likelihood weighting, draw t from q(t) proportional to g^2/sigma^2
-        on [eps, T] and weight each term by Z/(T - eps) (``SDE.sample_importance_time``). The
+        on [t_min, T] and weight each term by Z/(T - t_min) (``SDE.sample_importance_time``). The
         expectation is unchanged; the variance of the estimate drops (most for VP and sub-VP).
-      eps: lower end of the time interval (1e-5 as in the original).
+      t_min: lower end of the time interval (default the process's ``t_min``: 1e-5 as in the original).
+      time_sampling: "uniform" on [t_min, T]; "log_normal", the noise level sigma / a drawn as in EDM
+        (ln ~ N(p_mean, p_std^2)), mapped to t and clipped to [t_min, T] (then the loss is
+        E_that over those t, a different weighting of the same minimiser); "auto" (default):
+        log-normal where time is the noise level (EDM, PFGM++), uniform for every other process.
       rng_kwarg: if set, a fresh PRNG key is passed to the model under this keyword (e.g. for dropout).
       fp_weight: weight w of the Fokker–Planck regulariser (Lai et al. 2023; Deveney et al. 2025),
         L = L_DSM + w E_t[ w_FP(t) R |R(x_t, t)|^2 ] on the same x_t (and t) as the DSM term, R the
@@ -103,7 +120,7 @@ def get_dsm_loss_fn(
       fp_time_weighting: w_FP(t), one of :data:`diffjax.fokker_planck.TIME_WEIGHTINGS`.
       fp_num_examples: the regulariser is third-order autodiff; compute it on the first this many
         examples of the batch only (0: all).
-      fp_divergence: "hutchinson" (two Rademacher probes, the unbiased <R_eps1, R_eps2>) or "exact".
+      fp_divergence: "rademacher" (two Rademacher probes, the unbiased <R_eps1, R_eps2>) or "exact".
 
     Returns ``loss_fn(key, params, batch) -> (loss, {"loss": loss})``; loss is the batch mean. With
     ``fp_weight > 0`` the metrics add ``"dsm"`` and ``"fp"`` (the weighted residual term before w).
@@ -115,8 +132,17 @@ def get_dsm_loss_fn(
             "importance_sampling=True draws t in proportion to g^2/sigma^2, which matches "
             "likelihood_weighting=True only; set both or neither"
         )
-    if not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}); got {eps}")
+    t_min = sde.t_min if t_min is None else t_min
+    check_real("get_dsm_loss_fn", "t_min", t_min)
+    if not 0.0 <= t_min < sde.T:
+        raise ValueError(f"t_min must lie in [0, T) = [0, {sde.T}); got {t_min}")
+    if time_sampling not in DSM_TIME_SAMPLINGS:
+        raise ValueError(f"unknown time_sampling {time_sampling!r}; expected one of {DSM_TIME_SAMPLINGS}")
+    if time_sampling == "auto":
+        time_sampling = "log_normal" if isinstance(sde, NoiseLevelTime) else "uniform"
+    if time_sampling == "log_normal" and importance_sampling:
+        raise ValueError("importance_sampling draws its own times; it takes time_sampling='uniform' (or 'auto' "
+                         "on a process whose time is not the noise level)")
     if isinstance(fp_weight, bool) or not isinstance(fp_weight, (int, float)) or not fp_weight >= 0:
         raise ValueError(f"fp_weight must be a number >= 0; got {fp_weight!r}")
     if fp_time_weighting not in fokker_planck.TIME_WEIGHTINGS:
@@ -135,7 +161,7 @@ def get_dsm_loss_fn(
         if rng_kwarg is not None:
             sub = {**sub, rng_kwarg: k_model}
         score_fn = lambda y, s: score_model(params, y, s, **sub)  # noqa: E731
-        sq = fokker_planck.fp_residual_sq(sde, score_fn, x_t[:m], t[:m], k_probe, divergence=fp_divergence)
+        sq = fokker_planck.fp_residual_sq(sde, score_fn, x_t[:m], t[:m], key=k_probe, divergence=fp_divergence)
         d = math.prod(x_t.shape[1:])
         sq = sq / d if reduce_mean else 0.5 * sq
         return jnp.mean(fokker_planck.fp_time_weight(sde, t[:m], fp_time_weighting) * sq)
@@ -146,9 +172,12 @@ def get_dsm_loss_fn(
         k_t, k_z, k_model = jax.random.split(key, 3)
         n = x.shape[0]
         if importance_sampling:
-            t, z_norm = sde.sample_importance_time(k_t, (n,), eps)
+            t, z_norm = sde.sample_importance_time(k_t, (n,), t_min)
+        elif time_sampling == "log_normal":
+            sigma_hat = jnp.exp(p_mean + p_std * jax.random.normal(k_t, (n,), jnp.float32))
+            t = jnp.clip(sde.t_from_noise_level(sigma_hat), t_min, sde.T)
         else:
-            t = jax.random.uniform(k_t, (n,), jnp.float32, eps, sde.T)
+            t = jax.random.uniform(k_t, (n,), jnp.float32, t_min, sde.T)
         z = jax.random.normal(k_z, x.shape, x.dtype)
         a, sigma = sde.marginal_coeffs(t)
         x_t = expand_to(a, x) * x + expand_to(sigma, x) * z
@@ -158,7 +187,7 @@ def get_dsm_loss_fn(
         per_example = _reduce((score * expand_to(sigma, x) + z) ** 2, reduce_mean)
         if likelihood_weighting:
             if importance_sampling:
-                per_example = per_example * (z_norm / (sde.T - eps))
+                per_example = per_example * (z_norm / (sde.T - t_min))
             else:
                 per_example = per_example * sde.likelihood_weight(t)
         loss = jnp.mean(per_example)
@@ -175,7 +204,7 @@ def get_discrete_dsm_loss_fn(
     sde: SDE,
     score_model: Callable[..., Array],
     *,
-    reduce_mean: bool = False,
+    reduce_mean: bool = True,
     rng_kwarg: str | None = None,
 ) -> LossFn:
     """Discrete-time DSM over the process's chain: i ~ U{0..N-1}, x_i = a_i x0 + sigma_i z,
@@ -282,7 +311,7 @@ def get_flow_matching_loss_fn(
     time_sampling: str = "uniform",
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
-    eps: float | None = None,
+    t_min: float | None = None,
     reduce_mean: bool = True,
     rng_kwarg: str | None = None,
 ) -> LossFn:
@@ -295,16 +324,17 @@ def get_flow_matching_loss_fn(
     minimiser is u = E[a' x0 + sigma' z | x_t]. For rectified flow the target is z - x0 (the usual
     x1 - x0 with diffusion time's sign).
 
-    ``time_sampling``: "uniform" on [eps, T] or "logit_normal" (Esser et al. 2024:
-    t = eps + (T - eps) sigmoid(m + s n), n ~ N(0, 1)). eps defaults to ``sde.sampling_eps``.
+    ``time_sampling``: "uniform" on [t_min, T] or "logit_normal" (Esser et al. 2024:
+    t = t_min + (T - t_min) sigmoid(m + s n), n ~ N(0, 1)). t_min defaults to the process's.
     """
     _check(sde, score_model)
     sde.require_gaussian("the flow-matching loss")
     if time_sampling not in TIME_SAMPLINGS:
         raise ValueError(f"unknown time_sampling {time_sampling!r}; expected one of {TIME_SAMPLINGS}")
-    eps = sde.sampling_eps if eps is None else float(eps)
-    if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}); got {eps}")
+    t_min = sde.t_min if t_min is None else t_min
+    check_real("get_flow_matching_loss_fn", "t_min", t_min)
+    if not 0.0 < t_min < sde.T:
+        raise ValueError(f"t_min must lie in (0, T) = (0, {sde.T}); got {t_min}")
     if not logit_std > 0:
         raise ValueError(f"logit_std must be > 0; got {logit_std}")
 
@@ -316,7 +346,7 @@ def get_flow_matching_loss_fn(
             u = jax.random.uniform(k_t, (n,), jnp.float32)
         else:
             u = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(k_t, (n,), jnp.float32))
-        t = eps + (sde.T - eps) * u
+        t = t_min + (sde.T - t_min) * u
         a, sigma, da, dsigma = sde.marginal_coeffs_and_derivatives(t)
         z = jax.random.normal(k_z, x.shape, x.dtype)
         x_t = expand_to(a, x) * x + expand_to(sigma, x) * z

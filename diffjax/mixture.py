@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax._checks import is_traced
+from diffjax._checks import check_int, is_traced
 from diffjax._jit import Bound, bind
-from diffjax.sde import SDE, check_batch_time
+from diffjax.processes import SDE, check_batch_time
 
 Array = jax.Array
 
@@ -42,13 +42,26 @@ class GaussianMixture:
 
     def __post_init__(self):
         fields = (self.weights, self.means, self.covs)
+        for name, v in zip(("weights", "means", "covs"), fields):
+            if isinstance(v, (bool, int, float, complex, np.number, np.bool_)):
+                raise TypeError(f"GaussianMixture: {name} must be an array ({name} (K,), means (K, d), covs (K, d, d)); "
+                                f"got the number {v!r}")
+            if isinstance(v, (jax.Array, np.ndarray)) and not is_traced(v) and not jnp.issubdtype(v.dtype, jnp.floating):
+                raise TypeError(f"GaussianMixture: {name} must be floating point; got {v.dtype} (use "
+                                "jnp.asarray(..., jnp.float32))")
         if not all(isinstance(v, (jax.Array, np.ndarray, list, tuple)) for v in fields):
-            return  # tracers and tree-utility placeholders pass through unchecked
+            return  # tree-utility placeholders pass through unchecked
         w, m, c = (np.shape(v) for v in fields)
         if len(w) != 1 or len(m) != 2 or len(c) != 3 or m[0] != w[0] or c != (w[0], m[1], m[1]):
             raise ValueError(
                 f"GaussianMixture needs weights (K,), means (K, d), covs (K, d, d); got {w}, {m}, {c}"
             )
+        if self.eig is not None and not any(is_traced(v) for v in jax.tree_util.tree_leaves(self.eig)):
+            lam, u = self.eig
+            if np.shape(lam) != (w[0], m[1]) or np.shape(u) != c or not (
+                    np.all(np.isfinite(lam)) and np.all(np.isfinite(u)) and np.all(np.asarray(lam) >= 0)):
+                raise ValueError("GaussianMixture: eig must be the covariances' (eigenvalues >= 0 (K, d), eigenvectors "
+                                 "(K, d, d)), finite; leave it None to compute them")
         if self.eig is None and not any(is_traced(v) for v in fields):
             w, mu, cov = (np.asarray(v, np.float64) for v in fields)
             if not all(np.all(np.isfinite(v)) for v in (w, mu, cov)):
@@ -83,6 +96,7 @@ class GaussianMixture:
 
     def sample_with_labels(self, key: Array, n: int) -> tuple[Array, Array]:
         """n exact samples (n, d) and their component labels (n,)."""
+        check_int("GaussianMixture.sample", "n", n, lo=1)
         k_c, k_z = jax.random.split(key)
         labels = jax.random.categorical(k_c, jnp.log(self.weights), shape=(n,))
         chol = jnp.linalg.cholesky(self.covs)

@@ -199,6 +199,22 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
         PeerWatchdog.start_global(float(peer_timeout))
 
 
+def coordination_client():
+    """JAX's distributed key-value client (heartbeats and done-flags go through it), or None.
+
+    JAX (0.10) has no public handle on it: ``jax.distributed`` exposes only ``initialize``,
+    ``is_initialized`` and ``shutdown``, and ``jax.experimental.multihost_utils.live_devices`` is marked
+    unstable. So this one function reaches the private ``jax._src.distributed.global_state.client``,
+    guarded: if a JAX version moves it, the watchdog turns off with a warning instead of failing."""
+    try:
+        from jax._src import distributed
+    except ImportError:
+        return None
+    state = getattr(distributed, "global_state", None)
+    client = getattr(state, "client", None)
+    return client if all(hasattr(client, m) for m in ("key_value_set", "key_value_try_get")) else None
+
+
 class PeerWatchdog:
     """Heartbeats between processes through JAX's coordination service, so a dead peer stops the rest.
 
@@ -218,11 +234,16 @@ class PeerWatchdog:
         self._thread = threading.Thread(target=self._run, name="diffjax-peer-watchdog", daemon=True)
 
     @classmethod
-    def start_global(cls, timeout: float) -> "PeerWatchdog":
-        from jax._src import distributed
-
+    def start_global(cls, timeout: float) -> Optional["PeerWatchdog"]:
+        """Start the watchdog of this process (once); None, with a one-line warning, when JAX's
+        coordination client cannot be reached (see :func:`coordination_client`)."""
         if cls._global is None:
-            cls._global = cls(distributed.global_state.client, jax.process_index(), jax.process_count(), timeout)
+            client = coordination_client()
+            if client is None:
+                sys.stderr.write("diffjax: warning: this JAX exposes no coordination key-value store; the peer "
+                                 "watchdog is off (JAX's own heartbeat timeout still stops a run whose peer died)\n")
+                return None
+            cls._global = cls(client, jax.process_index(), jax.process_count(), timeout)
             cls._global._thread.start()
             atexit.register(cls.stop_global)  # runs before JAX's own shutdown (registered earlier)
         return cls._global

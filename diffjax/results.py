@@ -49,7 +49,8 @@ class _Result:
         return self.nonfinite_step < 0
 
     def __iter__(self):
-        names = ", ".join(f".{f.name}" for f in dataclasses.fields(self) if f.name != "nonfinite_step")
+        names = ", ".join(f".{f.name}" for f in dataclasses.fields(self) if f.name not in ("nonfinite_step",
+                                                                                               "trajectory"))
         raise TypeError(f"{type(self).__name__} is not a tuple; read its fields {names} (diffjax 0.2 replaced "
                         "the returned tuples by named results)")
 
@@ -63,11 +64,13 @@ def _result(cls):
 @_result
 class SampleResult(_Result):
     """``x``: samples (batch, ...); ``nfe``: score evaluations per example (batch,) int32;
-    ``nonfinite_step``: per example the first update at which x became NaN/Inf, -1 if none (batch,)."""
+    ``nonfinite_step``: per example the first update at which x became NaN/Inf, -1 if none (batch,);
+    ``trajectory``: x at every grid time (n + 1, batch, ...) when the sampler was asked for it, else None."""
 
     x: Array
     nfe: Array
     nonfinite_step: Array
+    trajectory: Optional[Array] = None
 
 
 @_result

@@ -30,24 +30,27 @@ log-densities are known in closed form; :func:`or_weights`, :func:`and_weights` 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax._jit import bind, filter_jit
-from diffjax.results import SuperpositionResult, no_nonfinite, raise_if_nonfinite, update_nonfinite
-from diffjax.samplers.base import (
-    _per_example_keys, check_timesteps, check_x_init, fold_keys, normal_like, sequenced, time_dtype,
-)
-from diffjax.samplers.density import DIVERGENCES, divergence, draw_probes, ito_log_density_increment
+from diffjax._checks import check_real, is_traced
+from diffjax._jit import bind
+from diffjax.numerics.arrays import expand_to, time_dtype
+from diffjax.numerics.divergence import check_divergence, divergence, draw_probes
+from diffjax.numerics.random import normal_like
+from diffjax.processes import SDE
+from diffjax.results import SuperpositionResult, raise_if_nonfinite
+from diffjax.samplers.base import Step, static_field, step_class
+from diffjax.samplers.density import ito_log_density_increment
+from diffjax.samplers.driver import check_x_init, drive
 from diffjax.score import x0_from_score
-from diffjax.sde import SDE, expand_to
 
 Array = jax.Array
 
-__all__ = ["MODES", "or_weights", "and_weights", "combine_scores", "mixture_score", "superposition_sample"]
+__all__ = ["MODES", "or_weights", "and_weights", "combine_scores", "mixture_score", "superpose", "superposition_sample"]
 
 MODES = ("or", "and")
 
@@ -117,20 +120,29 @@ def mixture_score(score_fns: Sequence, log_density_fns: Sequence, weights: Optio
     return bind(_mixture_score, score_fns, log_density_fns, log_w, _check_temperature(temperature))
 
 
-def _check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 \
-            or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a positive number (1: the mixture); got {temperature!r}")
-    return float(temperature)
+def _check_temperature(temperature):
+    """A positive finite temperature as a float32 array (traced: a new value does not recompile)."""
+    if not is_traced(temperature):
+        try:
+            check_real("superposition", "temperature", temperature, lo=0.0, lo_open=True)
+        except (TypeError, ValueError):
+            raise ValueError(f"temperature must be a positive number (1: the mixture); got {temperature!r}") from None
+    return jnp.asarray(temperature, jnp.float32)
 
 
 def _log_weights(weights, m: int) -> Optional[Array]:
+    """log(w / sum w) (m,) of the OR weights, checked when concrete; traced weights (learned) pass as they are."""
     if weights is None:
         return None
-    w = np.asarray(weights, np.float64)
-    if w.shape != (m,) or not np.all(np.isfinite(w)) or not np.all(w > 0):
-        raise ValueError(f"weights must be {m} positive numbers, one per model; got {list(np.ravel(w))}")
-    return jnp.asarray(np.log(w / w.sum()), jnp.float32)
+    w = jnp.asarray(weights, jnp.float32)
+    if w.shape != (m,):
+        raise ValueError(f"weights must be {m} positive numbers, one per model; got shape {w.shape}")
+    if is_traced(w):
+        return jnp.log(w / jnp.sum(w))
+    v = np.asarray(weights, np.float64)
+    if not np.all(np.isfinite(v)) or not np.all(v > 0):
+        raise ValueError(f"weights must be {m} positive numbers, one per model; got {list(v)}")
+    return jnp.asarray(np.log(v / v.sum()), jnp.float32)
 
 
 def _kappa_sde(mode, sde, x, scores, ell, z, t, t_next, log_w, temperature):
@@ -170,19 +182,119 @@ def _ode_field(mode, sde, score_fns, x, ell, t, probes, div_kind, log_w, tempera
     return u, dell, kappa, scores
 
 
+@step_class
+class _Superposition(Step):
+    """One SuperDiff update over M models (see :func:`superpose`); the driver hands its ``update`` the
+    tuple of the M score functions. State: (ℓ (M, batch), κ (M, batch))."""
+
+    sde: SDE
+    log_weights: Optional[Array]
+    temperature: Any
+    log_q_init: Optional[Array]
+    num_models: int = static_field(2)
+    mode: str = static_field("or")
+    ode: bool = static_field(False)
+    divergence: str = static_field("rademacher")
+    n_probes: int = static_field(1)
+
+    @property
+    def name(self) -> str:
+        return f"superpose({self.mode}, {self.num_models} models{', ode' if self.ode else ''})"
+
+    @property
+    def stochastic(self) -> bool:
+        return not self.ode
+
+    @property
+    def nfe(self) -> int:
+        return self.num_models * (2 if self.ode else 1)
+
+    @property
+    def denoise_nfe(self) -> int:
+        return self.num_models
+
+    def init(self, x):
+        tdt = time_dtype(x)
+        ell0 = self.log_q_init
+        if ell0 is None:
+            ell0 = jnp.broadcast_to(self.sde.prior_logp(jnp.asarray(x, tdt)), (self.num_models, x.shape[0]))
+        return jnp.asarray(ell0, tdt), jnp.full((self.num_models, x.shape[0]), 1.0 / self.num_models, tdt)
+
+    @staticmethod
+    def log_density(state) -> Array:
+        return state[0].T  # per example first (batch, M): what the driver watches for NaN
+
+    def _scores(self, score_fns, x, t):
+        return jnp.stack([s(x, t) for s in score_fns]).astype(t.dtype)
+
+    def update(self, keys, x, state, t, t_next, score_fns):
+        ell, _ = state
+        x = x.astype(t.dtype)
+        sde, log_w, temperature = self.sde, self.log_weights, self.temperature
+        if self.ode:
+            probes = draw_probes(keys, x, self.divergence, self.n_probes)
+            h = t_next - t
+            args = (self.mode, sde, score_fns)
+            u1, d1, kappa, _ = _ode_field(*args, x, ell, t, probes, self.divergence, log_w, temperature)
+            x_e, ell_e = x + expand_to(h, x) * u1, ell + h * d1
+            u2, d2, _, _ = _ode_field(*args, x_e, ell_e, t_next, probes, self.divergence, log_w, temperature)
+            return x + expand_to(0.5 * h, x) * (u1 + u2), (ell + 0.5 * h * (d1 + d2), kappa)
+        scores = self._scores(score_fns, x, t)
+        z = normal_like(keys, x).astype(t.dtype)
+        kappa = _kappa_sde(self.mode, sde, x, scores, ell, z, t, t_next, log_w, temperature)
+        f, g = sde.drift_diffusion_coeffs(t)
+        dtau = expand_to(t - t_next, x)
+        drift = -expand_to(f, x) * x + expand_to(g**2, x) * combine_scores(scores, kappa)
+        x_next = x + drift * dtau + expand_to(g, x) * jnp.sqrt(dtau) * z
+        ell = ell + jax.vmap(lambda s: ito_log_density_increment(sde, x, x_next, s, t, t_next))(scores)
+        return x_next, (ell, kappa)
+
+    def denoise(self, x, state, t, score_fns):
+        """Tweedie's denoiser of s̄ with the last step's weights (OR: from the final log-densities)."""
+        ell, kappa = state
+        k_end = or_weights(ell, self.log_weights, self.temperature) if self.mode == "or" else kappa
+        a, s = self.sde.marginal_coeffs(t)
+        return x0_from_score(combine_scores(self._scores(score_fns, x, t), k_end), x.astype(t.dtype), a, s)
+
+
+def superpose(sde: SDE, num_models: int, mode: str = "or", *, weights: Optional[Sequence[float]] = None,
+              temperature: float = 1.0, ode: bool = False, divergence: str = "rademacher", n_probes: int = 1,
+              log_q_init: Optional[Array] = None) -> Step:
+    """The SuperDiff step over ``num_models`` models of ``sde`` (module docstring): run it with
+    :func:`diffjax.samplers.sample` (or the driver) given a list of the models' score functions.
+    OR with ``weights`` (default equal; an array may be traced) and ``temperature``; AND takes neither.
+    ``ode``: Heun on the probability flow with divergences (``divergence``, ``n_probes``) instead of
+    Euler–Maruyama with the Itô estimator. ``log_q_init`` (M, batch): the models' log-densities at
+    x_init (default every model's prior density)."""
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a diffjax process; got {type(sde).__name__}")
+    sde.require_gaussian("superposition (the Itô density estimator)")
+    if isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 2:
+        raise TypeError(f"superposition combines at least two models; got num_models={num_models!r}")
+    if mode not in MODES:
+        raise ValueError(f"unknown superposition mode {mode!r}; expected one of {MODES}")
+    check_divergence(divergence, n_probes)
+    if mode == "and" and weights is not None:
+        raise ValueError("weights are the OR mixture's; AND takes none")
+    return _Superposition(sde, _log_weights(weights, num_models), _check_temperature(temperature), log_q_init,
+                          num_models, mode, bool(ode), divergence, int(n_probes))
+
+
 def superposition_sample(sde: SDE, score_fns: Sequence, key: Array, x_init: Array, timesteps: Array, *,
                          mode: str = "or", weights: Optional[Sequence[float]] = None, temperature: float = 1.0,
                          ode: bool = False, divergence: str = "rademacher", n_probes: int = 1,
                          log_q_init: Optional[Array] = None, denoise: bool = True,
                          check_finite: bool = True) -> SuperpositionResult:
-    """Sample the superposition of M >= 2 models of one process (module docstring).
+    """Sample the superposition of M >= 2 models of one process (module docstring): :func:`superpose`
+    run by the driver.
 
     Args:
       sde: the process all models were trained for.
       score_fns: M score functions ``s_i(x, t)`` (pytrees, e.g. ``Partial(score_model, params)``, compile once).
-      key, x_init, timesteps: as :func:`diffjax.samplers.sample` (x_init ~ the prior, grid T -> eps).
+      key, x_init, timesteps: as :func:`diffjax.samplers.sample` (x_init ~ the prior, grid T -> t_end).
       mode: "or" (the mixture Σ w_i q_i) or "and" (where the densities are equal).
-      weights: OR's mixture weights w_i (default equal); temperature: OR's T (1: the mixture).
+      weights: OR's mixture weights w_i (default equal); temperature: OR's T (1: the mixture). Both
+        may be arrays (traced: changed or differentiated without recompiling).
       ode: False (Euler–Maruyama with the forward noise; the Itô estimator tracks ℓ_i, M NFE per step)
         or True (Heun on the probability flow with divergences, 2 M NFE per step and d
         Jacobian-vector products each for ``divergence="exact"``, ``n_probes`` for Hutchinson).
@@ -195,84 +307,19 @@ def superposition_sample(sde: SDE, score_fns: Sequence, key: Array, x_init: Arra
     (batch,) as :func:`~diffjax.samplers.sample`'s; non-finite examples raise outside a jit of yours
     unless ``check_finite=False``.
     """
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a diffjax process; got {type(sde).__name__}")
-    sde.require_gaussian("superposition (the Itô density estimator)")
-    score_fns = tuple(score_fns) if isinstance(score_fns, (list, tuple)) else None
-    if score_fns is None or len(score_fns) < 2 or not all(callable(s) for s in score_fns):
+    if not isinstance(score_fns, (list, tuple)) or len(score_fns) < 2 or not all(callable(s) for s in score_fns):
         raise TypeError("score_fns must be a list or tuple of at least two score functions s(x, t)")
-    if mode not in MODES:
-        raise ValueError(f"unknown superposition mode {mode!r}; expected one of {MODES}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes must be an integer >= 1; got {n_probes!r}")
-    if mode == "and" and weights is not None:
-        raise ValueError("weights are the OR mixture's; AND takes none")
     m = len(score_fns)
-    log_w = _log_weights(weights, m)
-    temperature = _check_temperature(temperature)
     check_x_init(x_init)
-    ts = check_timesteps(timesteps, sde, time_dtype(x_init))
-    keys = _per_example_keys(key, jnp.shape(x_init)[0])
-    tdt = time_dtype(x_init)
-    if log_q_init is None:
-        log_q_init = jnp.broadcast_to(sde.prior_logp(jnp.asarray(x_init, tdt)), (m, jnp.shape(x_init)[0]))
-    elif jnp.shape(log_q_init) != (m, jnp.shape(x_init)[0]):
+    if log_q_init is not None and jnp.shape(log_q_init) != (m, jnp.shape(x_init)[0]):
         raise ValueError(f"log_q_init must have shape (M, batch) = {(m, jnp.shape(x_init)[0])}; got {jnp.shape(log_q_init)}")
-    x, ell, kappa, record = _superpose(sde, score_fns, mode, log_w, temperature, bool(ode), divergence,
-                                       int(n_probes), bool(denoise), keys, x_init, jnp.asarray(log_q_init, tdt), ts)
-    nfe = (ts.shape[0] - 1) * m * (2 if ode else 1) + (m if denoise else 0)
-    result = SuperpositionResult(x, ell, kappa, jnp.full(jnp.shape(x_init)[:1], nfe, jnp.int32), record)
-    raise_if_nonfinite(result, "superposition_sample", check_finite, steps=ts)
+    if log_q_init is not None and not is_traced(log_q_init) and not np.all(np.isfinite(np.asarray(log_q_init))):
+        raise ValueError("log_q_init must be finite (log-densities of the models at x_init)")
+    step = superpose(sde, m, mode, weights=weights, temperature=temperature, ode=ode, divergence=divergence,
+                     n_probes=n_probes, log_q_init=log_q_init)
+    run = drive(step, tuple(score_fns), key, x_init, timesteps, denoise=denoise, num_models=m,
+                watch=type(step).log_density)
+    ell, kappa = run.state
+    result = SuperpositionResult(run.x, ell, kappa, run.nfe, run.nonfinite_step)
+    raise_if_nonfinite(result, "superposition_sample", check_finite, steps=run.timesteps)
     return result
-
-
-@filter_jit
-def _superpose(sde, score_fns, mode, log_w, temperature, ode, div_kind, n_probes, denoise, keys, x_init, ell0, ts):
-    score_fns = tuple(sequenced(s) for s in score_fns)
-    n = x_init.shape[0]
-    tdt = ts.dtype
-    kappa0 = jnp.full((len(score_fns), n), 1.0 / len(score_fns), tdt)
-
-    def all_scores(x, t):
-        return jnp.stack([s(x, t) for s in score_fns]).astype(tdt)
-
-    def sde_step(x, ell, ks, t, t_next):
-        scores = all_scores(x, t)
-        z = normal_like(ks, x).astype(tdt)
-        kappa = _kappa_sde(mode, sde, x, scores, ell, z, t, t_next, log_w, temperature)
-        f, g = sde.drift_diffusion_coeffs(t)
-        dtau = expand_to(t - t_next, x)
-        drift = -expand_to(f, x) * x + expand_to(g**2, x) * combine_scores(scores, kappa)
-        x_next = x + drift * dtau + expand_to(g, x) * jnp.sqrt(dtau) * z
-        ell = ell + jax.vmap(lambda s: ito_log_density_increment(sde, x, x_next, s, t, t_next))(scores)
-        return x_next, ell, kappa
-
-    def ode_step(x, ell, ks, t, t_next):
-        probes = draw_probes(ks, x, div_kind, n_probes)
-        h = t_next - t
-        u1, d1, kappa, _ = _ode_field(mode, sde, score_fns, x, ell, t, probes, div_kind, log_w, temperature)
-        x_e, ell_e = x + expand_to(h, x) * u1, ell + h * d1
-        u2, d2, _, _ = _ode_field(mode, sde, score_fns, x_e, ell_e, t_next, probes, div_kind, log_w, temperature)
-        return x + expand_to(0.5 * h, x) * (u1 + u2), ell + 0.5 * h * (d1 + d2), kappa
-
-    step = ode_step if ode else sde_step
-
-    def body(carry, inputs):
-        x, ell, _, record = carry
-        k, t, t_next = inputs
-        tb, tnb = jnp.full((n,), t, tdt), jnp.full((n,), t_next, tdt)
-        x_next, ell, kappa = step(x.astype(tdt), ell, fold_keys(keys, k), tb, tnb)
-        record = update_nonfinite(record, k, x_next, ell.T)
-        return (x_next.astype(x_init.dtype), ell.astype(tdt), kappa.astype(tdt), record), None
-
-    (x, ell, kappa, record), _ = jax.lax.scan(body, (x_init, ell0, kappa0, no_nonfinite(n)),
-                                              (jnp.arange(ts.shape[0] - 1), ts[:-1], ts[1:]))
-    if denoise:
-        t_end = jnp.full((n,), ts[-1], tdt)
-        k_end = or_weights(ell, log_w, temperature) if mode == "or" else kappa
-        a, s = sde.marginal_coeffs(t_end)
-        x = x0_from_score(combine_scores(all_scores(x, t_end), k_end), x.astype(tdt), a, s).astype(x_init.dtype)
-        record = update_nonfinite(record, ts.shape[0] - 1, x)
-    return x, ell, kappa, record

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from diffjax._checks import check_int, check_real
+
 Array = jax.Array
 
 # optax.tree.norm replaced optax.global_norm (deprecated) in newer optax releases.
@@ -72,6 +74,14 @@ def make_optimizer(
     weight_decay: float = 0.0,
 ) -> optax.GradientTransformation:
     """Global-norm clipping (skipped when ``grad_clip`` is None or <= 0) then Adam(W) with warm-up."""
+    check_real("make_optimizer", "learning_rate", learning_rate, lo=0.0, lo_open=True)
+    check_int("make_optimizer", "warmup_steps", warmup_steps, lo=0)
+    check_real("make_optimizer", "beta1", beta1, lo=0.0, hi=1.0, hi_open=True)
+    check_real("make_optimizer", "beta2", beta2, lo=0.0, hi=1.0, hi_open=True)
+    check_real("make_optimizer", "eps", eps, lo=0.0, lo_open=True)
+    check_real("make_optimizer", "weight_decay", weight_decay, lo=0.0)
+    if grad_clip is not None:
+        check_real("make_optimizer", "grad_clip", grad_clip)
     schedule = warmup_schedule(learning_rate, warmup_steps)
     if weight_decay > 0:
         adam = optax.adamw(schedule, b1=beta1, b2=beta2, eps=eps, weight_decay=weight_decay)

@@ -46,7 +46,7 @@ def sliced_w2(x: np.ndarray, y: np.ndarray, num_projections: int = 512, seed: in
 
 def _samplers(sde_steps: int) -> dict:
     return {"ode": ["sampling.method=ode"],
-            "sde": ["sampling.method=euler_maruyama", "sampling.grid=uniform", f"sampling.n_steps={sde_steps}"]}
+            "sde": ["sampling.method=euler_maruyama", "sampling.grid=uniform", f"sampling.num_steps={sde_steps}"]}
 
 
 def _fp_summary(run, num: int) -> dict:

@@ -83,11 +83,11 @@ def main() -> None:
     rows["random 0to4|5to9"] = np.where(pick[:, None, None, None], rows["0to4"], rows["5to9"])
     t_single = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows["OR(0to4, 5to9)"] = superpose([runs["0to4"], runs["5to9"]], key, args.num, "or", n_steps=args.steps)[0]
+    rows["OR(0to4, 5to9)"] = superpose([runs["0to4"], runs["5to9"]], key, args.num, "or", num_steps=args.steps)[0]
     t_or = time.perf_counter() - t0
     rows["OR 0.7/0.3"] = superpose([runs["0to4"], runs["5to9"]], key, args.num, "or", weights=[0.7, 0.3],
-                                   n_steps=args.steps)[0]
-    rows["AND(0to6, 3to9)"] = superpose([runs["0to6"], runs["3to9"]], key, args.num, "and", n_steps=args.steps)[0]
+                                   num_steps=args.steps)[0]
+    rows["AND(0to6, 3to9)"] = superpose([runs["0to6"], runs["3to9"]], key, args.num, "and", num_steps=args.steps)[0]
     print(f"time: three single models {t_single:.0f} s, OR of two {t_or:.0f} s (twice the score evaluations)")
 
     freq = np.bincount(labels, minlength=10) / len(labels)

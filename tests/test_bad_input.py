@@ -24,7 +24,8 @@ from diffjax.cli import main
 from diffjax.likelihood import bits_per_dim, log_likelihood
 from diffjax.results import NonFiniteError
 from diffjax.score import make_score_model
-from diffjax.sde import EDM
+from diffjax.processes import EDM
+from diffjax.run import files
 from diffjax.superposition import superposition_sample
 
 SDE = VPSDE()
@@ -48,7 +49,7 @@ def _nan_score(x, t):
 X_BOTH = jnp.array([[-1.0, 0.0], [1.0, 0.0], [-2.0, 1.0], [2.0, 1.0]])  # two examples on each side
 MLP = models.MLPScoreNet(hidden=(8,))
 MLP_PARAMS = MLP.init(KEY, jnp.zeros((1, 2)), jnp.ones((1,)))
-DSM = losses.get_dsm_loss_fn(SDE, make_score_model(MLP.apply, SDE))
+DSM = losses.get_dsm_loss_fn(SDE, make_score_model(MLP.apply, SDE, labels="score_sde"))
 FLAT = GaussianMixture(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
 
 
@@ -77,8 +78,8 @@ API_CASES = [
     ("two predictors in a chain", lambda: S.chain(S.ddim(SDE), S.ode_euler(SDE)), ValueError, "at most one predictor"),
     ("snr <= 0", lambda: S.langevin(SDE, snr=-0.1), ValueError, "snr > 0"),
     ("unknown Langevin norms", lambda: S.langevin(SDE, norms="median"), ValueError, "unknown langevin norms"),
-    ("zero steps in a grid", lambda: S.karras_timesteps(SDE, 0), ValueError, "integer >= 1"),
-    ("grid eps outside (0, T)", lambda: S.log_snr_timesteps(SDE, 5, eps=1.5), ValueError, r"eps must lie in \(0, T\)"),
+    ("zero steps in a grid", lambda: S.karras_timesteps(SDE, 0), ValueError, r"an integer in \[1, 1e\+07\]; got 0"),
+    ("grid t_end outside (0, T)", lambda: S.log_snr_timesteps(SDE, 5, t_end=1.5), ValueError, r"t_end must lie in \(0, T\)"),
     ("integer grid dtype", lambda: S.uniform_timesteps(SDE, 5, dtype=jnp.int32), TypeError, "floating point"),
     ("ode tolerance <= 0", lambda: S.ode_sample(SDE, SCORE, KEY, X, rtol=0.0), ValueError, "rtol and atol must be > 0"),
     ("negative beta_min", lambda: VPSDE(beta_min=-1.0), ValueError, "0 < beta_min < beta_max"),
@@ -92,13 +93,13 @@ API_CASES = [
     ("NaN data in the likelihood", lambda: log_likelihood(SDE, SCORE, KEY, _nan_data()), ValueError, "NaN or Inf"),
     ("integer data in the likelihood", lambda: log_likelihood(SDE, SCORE, KEY, jnp.zeros((2, 2), jnp.int32)),
      TypeError, "must be floating point"),
-    ("likelihood eps outside (0, T)", lambda: log_likelihood(SDE, SCORE, KEY, X, eps=0.0), ValueError,
-     r"eps must lie in \(0, T\)"),
+    ("likelihood t_end outside (0, T)", lambda: log_likelihood(SDE, SCORE, KEY, X, t_end=0.0), ValueError,
+     r"t_end must lie in \(0, T\)"),
     ("unknown divergence", lambda: log_likelihood(SDE, SCORE, KEY, X, divergence="trace"), ValueError,
      "unknown divergence"),
     ("levels out of range", lambda: bits_per_dim(SDE, SCORE, KEY, jnp.full((2, 2), 300), levels=256), ValueError,
      "levels"),
-    ("unknown prediction", lambda: make_score_model(lambda p, x, l: x, SDE, prediction="noise"), ValueError,
+    ("unknown prediction", lambda: make_score_model(lambda p, x, l: x, SDE, prediction="noise", labels="score_sde"), ValueError,
      "unknown prediction type 'noise'"),
     ("unknown network", lambda: models.get_model("unet9000"), ValueError, "unet9000"),
     ("empty dataset", lambda: data.ArrayLoader(np.zeros((0, 2), np.float32), None, 4), ValueError, "dataset is empty"),
@@ -113,10 +114,10 @@ API_CASES = [
     ("prior_sample with a zero dim", lambda: S.prior_sample(SDE, KEY, (4, 0)), ValueError, "positive integers"),
     ("a string hyper-parameter of a process", lambda: VPSDE(beta_min="0.1"), TypeError,
      "VPSDE: beta_min must be a number; got '0.1'"),
-    ("a string hyper-parameter of a step", lambda: S.ddim(SDE, eta="0.5"), TypeError, "DDIM: eta must be a number"),
-    ("a string snr", lambda: S.langevin(SDE, snr="0.16"), TypeError, "Langevin: snr must be a number"),
+    ("a string hyper-parameter of a step", lambda: S.ddim(SDE, eta="0.5"), TypeError, "ddim: eta must be a number"),
+    ("a string snr", lambda: S.langevin(SDE, snr="0.16"), TypeError, "langevin: snr must be a number"),
     ("a bool order", lambda: S.unipc(SDE, order=True), TypeError, "order must be an integer"),
-    ("a Flax module for apply", lambda: make_score_model(MLP, SDE), TypeError, r"pass net.apply"),
+    ("a Flax module for apply", lambda: make_score_model(MLP, SDE, labels="score_sde"), TypeError, r"pass net.apply"),
     ("integer data to a loss", lambda: DSM(KEY, MLP_PARAMS, jnp.zeros((4, 2), jnp.int32)), TypeError,
      "the loss takes floating-point data"),
     ("max_steps = 0 in ode_sample", lambda: S.ode_sample(SDE, SCORE, KEY, X, max_steps=0), ValueError,
@@ -125,8 +126,8 @@ API_CASES = [
      "max_steps must be an integer >= 1"),
     ("the likelihood in the old order", lambda: log_likelihood(KEY, SDE, SCORE, X), TypeError,
      r"takes \(process, score_fn, key, x\) since diffjax 0.2"),
-    ("a fit and a process swapped", lambda: S.gaussian_score(SDE, S.fit_gaussian(X)), TypeError,
-     r"takes \(fit, process\)"),
+    ("a fit and a process swapped", lambda: S.gaussian_score(S.fit_gaussian(X), SDE), TypeError,
+     r"takes \(process, fit\) since diffjax 0.2"),
     ("a result unpacked as a tuple", lambda: tuple(S.sample(S.ddim(SDE), SCORE, KEY, X, TS)), TypeError,
      r"SampleResult is not a tuple; read its fields .x, .nfe"),
     # --- issue 27: values accepted silently -------------------------------------------------------
@@ -154,7 +155,7 @@ API_CASES = [
                                                                S.uniform_timesteps(SDE, 10)),
      NonFiniteError, r"sample: 2 of 4 examples became NaN or Inf, the first at update \d"),
     ("a score that turns NaN in the adaptive ODE", lambda: S.ode_sample(SDE, _nan_score, KEY, X_BOTH, max_steps=64),
-     NonFiniteError, "ode_sample: 2 of 4 examples did not finish within max_steps = 64"),
+     NonFiniteError, r"ode_sample: 2 of 4 examples became NaN or Inf, the first at adaptive step \d+ \(example 1\)"),
     ("a score that turns NaN in the likelihood", lambda: log_likelihood(SDE, _nan_score, KEY, X_BOTH),
      NonFiniteError, "log_likelihood: 2 of 4 examples became NaN or Inf"),
     ("a score that turns NaN in a superposition", lambda: superposition_sample(
@@ -180,18 +181,20 @@ def test_the_api_rejects_bad_input_in_one_line(label, call, exc, pattern):
 
 TOY = ["--config", "toy2d", "--no-progress", "--config.training.n_jitted_steps=1", "--config.training.n_iters=2",
        "--config.training.log_freq=1", "--config.training.snapshot_freq=2", "--config.sampling.num_samples=8",
-       "--config.sampling.n_steps=3", "--config.eval.bpd_num_examples=0"]
+       "--config.sampling.num_steps=3", "--config.eval.bpd_num_examples=0"]
 
 
-def _array_files(run):
-    """The state's array files of a run's checkpoint, largest first (orbax's ocdbt data files)."""
-    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(run, "checkpoints")) for f in fs
+def _array_files(step_dir):
+    """The state's array files of one checkpoint step, largest first (orbax's ocdbt data files)."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs
              if os.sep + "d" + os.sep in os.path.join(d, f) and "state" in d]
     return sorted(files, key=os.path.getsize, reverse=True)
 
 
 def _corrupt(run, kind):
-    """Damage a copy of a run's checkpoint in one of the ways a disk or a copy can."""
+    """Damage the latest checkpoint step of a copy of a run in one of the ways a disk or a copy can."""
+    ckpts = os.path.join(run, "checkpoints")
+    run = os.path.join(ckpts, str(max(int(d) for d in os.listdir(ckpts) if d.isdigit())))
     arrays = _array_files(run)
     if kind == "garbled":  # 256 bytes in the middle of the largest array file replaced
         path = arrays[0]
@@ -204,13 +207,11 @@ def _corrupt(run, kind):
     elif kind == "missing":
         os.remove(arrays[-1])
     elif kind == "zeroed_manifest":
-        manifest = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(run, "checkpoints")) for f in fs
-                    if f == "manifest.ocdbt"][0]
+        manifest = [os.path.join(d, f) for d, _, fs in os.walk(run) for f in fs if f == "manifest.ocdbt"][0]
         with open(manifest, "r+b") as f:
             f.write(bytes(os.path.getsize(manifest)))
     elif kind == "no_digest":
-        os.remove([os.path.join(d, f) for d, _, fs in os.walk(os.path.join(run, "checkpoints")) for f in fs
-                   if f == "diffjax_digest.json"][0])
+        os.remove(os.path.join(run, "diffjax_digest.json"))
     elif kind == "every_array_cut":  # the battery's first corruption: every array file cut short
         for path in arrays:
             with open(path, "r+b") as f:
@@ -218,6 +219,31 @@ def _corrupt(run, kind):
 
 
 CORRUPTIONS = ("garbled", "truncated", "missing", "zeroed_manifest", "no_digest", "every_array_cut")
+
+
+def _damage(run, kind):
+    """Issue 27 review: damage a copy of a run in a way that once slipped through."""
+    ckpts = os.path.join(run, "checkpoints")
+    step = os.path.join(ckpts, "2")
+    if kind == "renamed_step":  # step 2 renamed to 6: it would resume 4 steps ahead with step 2's state
+        os.rename(step, os.path.join(ckpts, "6"))
+    elif kind == "digest_null":
+        _write(os.path.join(step, "diffjax_digest.json"), '{"step": 2, "files": null}')
+    elif kind == "fifo":  # an array file replaced by a named pipe: opening it would block forever
+        path = _array_files(step)[0]
+        os.remove(path)
+        os.mkfifo(path)
+    elif kind == "user_numbered_folder":  # orbax would delete it as an old step
+        os.makedirs(os.path.join(ckpts, "1"))
+        _write(os.path.join(ckpts, "1", "weights.txt"), "mine")
+    elif kind == "tensorboard_file":
+        shutil.rmtree(os.path.join(run, "tensorboard"), ignore_errors=True)
+        _write(os.path.join(run, "tensorboard"), "my notes")
+    else:
+        raise ValueError(kind)
+
+
+DAMAGES = ("renamed_step", "digest_null", "fifo", "user_numbered_folder", "tensorboard_file")
 
 
 def _write(path, text):
@@ -240,6 +266,26 @@ def runs(tmp_path_factory):
         shutil.copytree(run, paths[kind])
         _corrupt(paths[kind], kind)
     paths["corrupt"] = paths["every_array_cut"]
+    for kind in DAMAGES:
+        paths[kind] = str(root / f"damaged_{kind}")
+        shutil.copytree(run, paths[kind])
+        _damage(paths[kind], kind)
+    # a run whose samples/ and eval/ hold the user's own files under the names diffjax would pick
+    for name, rel in (("user_samples", "samples/samples_2.npz"), ("user_png", "samples/samples_2.png"),
+                      ("user_fp", "eval/fp_residual_2.json")):
+        paths[name] = str(root / name)
+        shutil.copytree(run, paths[name])
+        os.makedirs(os.path.dirname(os.path.join(paths[name], rel)), exist_ok=True)
+        for stale in ("samples_2.npz", "samples_2.png"):
+            if os.path.exists(os.path.join(paths[name], "samples", stale)):
+                os.remove(os.path.join(paths[name], "samples", stale))
+        if rel.endswith(".npz"):
+            np.savez(os.path.join(paths[name], rel), mine=np.arange(3))
+        else:
+            _write(os.path.join(paths[name], rel), '{"mine": 1}')
+    os.symlink(str(root / "nowhere.npz"), str(root / "a_link.npz"))
+    paths["link"] = str(root / "a_link.npz")
+    paths["sysexit"] = _write(root / "sysexit.py", "import sys\nsys.exit(0)\n")
     empty = root / "empty"
     empty.mkdir()
     paths["empty"] = str(empty)
@@ -275,9 +321,12 @@ def runs(tmp_path_factory):
 
 def _digest(root):
     out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
+    for d, _, names in os.walk(root):
+        for f in names:
             path = os.path.join(d, f)
+            if not os.path.isfile(path) or os.path.islink(path):  # a pipe or a link of the battery: never opened
+                out[os.path.relpath(path, root)] = "link" if os.path.islink(path) else "special"
+                continue
             with open(path, "rb") as fh:
                 out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
     return out
@@ -304,9 +353,9 @@ CLI_CASES = [
     ("a step that was not saved", ["sample", "--workdir", "{run}", "--step", "999"], "no checkpoint of step 999"),
     ("unknown sampler", ["sample", "--workdir", "{run}", "--sampler", "warp"], "unknown sampler 'warp'"),
     ("unknown grid", ["sample", "--workdir", "{run}", "--grid", "spiral"], "unknown sampling.grid 'spiral'"),
-    ("negative number of samples", ["sample", "--workdir", "{run}", "--num", "-3"], "argument --num: expected a positive integer, got -3"),
-    ("zero steps", ["sample", "--workdir", "{run}", "--steps", "0"], "argument --steps: expected a positive integer, got 0"),
-    ("zero batch", ["sample", "--workdir", "{run}", "--batch", "0"], "argument --batch: expected a positive integer, got 0"),
+    ("negative number of samples", ["sample", "--workdir", "{run}", "--num", "-3"], "argument --num: expected a positive integer in [1, 1e+09], got '-3'"),
+    ("zero steps", ["sample", "--workdir", "{run}", "--steps", "0"], "argument --steps: expected a number of steps in [1, 1e+06], got '0'"),
+    ("zero batch", ["sample", "--workdir", "{run}", "--batch", "0"], "argument --batch: expected a positive integer in [1, 1e+09], got '0'"),
     ("negative snr", ["sample", "--workdir", "{run}", "--sampler", "pc", "--snr", "-1"], "snr > 0"),
     ("output that is not .npz", ["sample", "--workdir", "{run}", "--num", "4", "--out", "{run}/samples.txt"],
      "must end in .npz"),
@@ -375,6 +424,36 @@ CLI_CASES = [
      "unknown config key 'sampling.num_sample' (did you mean 'num_samples'?)"),
     ("a config file with an infinite value", ["train", "--config", "{infinite}"],
      "config key 'optim.lr' must be finite; got inf"),
+    # --- issue 27 review: what once slipped through -------------------------------------------------
+    *[(f"sample a damaged run: {kind}", ["sample", "--workdir", "{" + kind + "}", "--num", "4", "--steps", "2"],
+       msg) for kind, msg in (
+        ("renamed_step", "it was saved as step 2"), ("digest_null", "diffjax_digest.json is unreadable"),
+        ("fifo", "is not a regular file"), ("user_numbered_folder", "numbered like a step but not a saved checkpoint"))],
+    *[(f"resume a damaged run: {kind}", ["train", "--workdir", "{" + kind + "}", *TOY], msg) for kind, msg in (
+        ("renamed_step", "it was saved as step 2"), ("user_numbered_folder", "numbered like a step"),
+        ("tensorboard_file", "diffjax writes a folder of that name"))],
+    ("sample over the user's file at the default name", ["sample", "--workdir", "{user_samples}", "--num", "4",
+                                                        "--steps", "2"], "exists and was not written by diffjax"),
+    ("sample beside the user's .png at the default name", ["sample", "--workdir", "{user_png}", "--num", "4",
+                                                          "--steps", "2"], "(written beside it) exists and is not diffjax's"),
+    ("the FP residual over the user's .json", ["evaluate", "--workdir", "{user_fp}", "--fp-residual", "--num", "4"],
+     "exists and was not written by diffjax"),
+    ("--out a symbolic link", ["sample", "--workdir", "{run}", "--num", "4", "--out", "{link}"], "is a symbolic link"),
+    ("--out inside the run's checkpoints", ["sample", "--workdir", "{run}", "--num", "4", "--out",
+                                            "{run}/checkpoints/2/mine.npz"], "lies inside the checkpoints of the run"),
+    ("an empty --workdir", ["train", "--workdir", "", *TOY], "--workdir is empty"),
+    ("sample a folder that is not a run", ["sample", "--workdir", "{user_ckpt}", "--num", "4"], "is not a diffjax run"),
+    ("keep_last 0", ["train", "--workdir", "{root}/never", *TOY, "--config.training.keep_last=0"],
+     "'training.keep_last' must be >= 1"),
+    ("Adam beta1 1.5", ["train", "--workdir", "{root}/never", *TOY, "--config.optim.beta1=1.5"],
+     "'optim.beta1' must be in [0, 1)"),
+    ("a seed of 2**70", ["sample", "--workdir", "{run}", "--seed", str(2 ** 70)], "expected a seed in [0, 9e+18]"),
+    ("--order for a sampler of fixed order", ["sample", "--workdir", "{run}", "--num", "4", "--sampler", "ddim",
+                                              "--order", "2"], "'ddim' has a fixed order"),
+    ("a config file that calls sys.exit", ["train", "--config", "{sysexit}"], "could not be run (SystemExit: 0)"),
+    ("unknown arguments holding a newline", ["sample", "--workdir", "{run}", "foo\nbar"], "unrecognised arguments: 'foo"),
+    ("a peer timeout of NaN", ["train", *TOY, "--distributed", "--peer-timeout", "nan"],
+     "expected a positive number of seconds"),
     ("superposing runs of different processes", ["sample", "--workdir", "{run}", "--workdir", "{other}",
                                                 "--superpose", "or"],
      "are of different processes (sde.name: 'vpsde' vs 'subvpsde'); superposition needs models of one process"),
@@ -442,7 +521,7 @@ def test_restore_intact_moves_a_corrupt_step_aside_and_resumes_the_newest_intact
     run = str(tmp_path / "two_steps")
     toy = [a for a in TOY if not a.startswith("--config.training.n_iters")]
     assert main(["train", "--workdir", run, *toy, "--config.training.n_iters=4"]) == 0
-    _corrupt(run, "garbled")  # the largest array file: of the latest step (4)
+    _corrupt(run, "garbled")  # 256 bytes of the latest step (4)
     before = _digest(run)
     capsys.readouterr()
     assert main(["train", "--workdir", run, *toy, "--config.training.n_iters=6"]) == 2
@@ -461,7 +540,7 @@ def test_a_run_of_an_earlier_version_loads_and_resumes(runs, tmp_path):
     with digests required from the next step on."""
     run = str(tmp_path / "old")
     shutil.copytree(runs["run"], run)
-    os.remove(os.path.join(run, ".diffjax_run.json"))
+    os.remove(os.path.join(run, files.MARKER))
     for d, _, fs in os.walk(run):
         for f in fs:
             if f == "diffjax_digest.json":
@@ -469,7 +548,7 @@ def test_a_run_of_an_earlier_version_loads_and_resumes(runs, tmp_path):
     assert main(["sample", "--workdir", run, "--num", "4", "--steps", "2", "--sampler", "ddim"]) == 0
     toy = [a for a in TOY if not a.startswith("--config.training.n_iters")]
     assert main(["train", "--workdir", run, *toy, "--config.training.n_iters=4"]) == 0
-    with open(os.path.join(run, ".diffjax_run.json")) as f:
+    with open(os.path.join(run, files.MARKER)) as f:
         assert json.load(f)["digests_from"] == 3
     assert os.path.isfile(os.path.join(run, "checkpoints", "4", "diffjax_digest.json"))
 

@@ -24,7 +24,7 @@ TINY_DIGITS = [
     "--config.training.log_freq=10", "--config.training.snapshot_freq=10",
     "--config.model.options.nf=8", "--config.model.options.ch_mult=(1,)", "--config.model.options.num_res_blocks=1",
     "--config.model.options.attn_resolutions=()",
-    "--config.sampling.num_samples=16", "--config.sampling.n_steps=4",
+    "--config.sampling.num_samples=16", "--config.sampling.num_steps=4",
     "--config.eval.bpd_num_examples=16", "--config.eval.bpd_rtol=1e-2",
 ]
 
@@ -140,7 +140,7 @@ def test_cli_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
         cli.main(["sample", "--workdir", str(tmp_path), "--bogus"])
     assert "unrecognised arguments: --bogus" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["sample", "--workdir", str(tmp_path), "--config.sampling.n_steps=3"])
+        cli.main(["sample", "--workdir", str(tmp_path), "--config.sampling.num_steps=3"])
     config = load_config("toy2d", ["--config.training.n_iters=55", "--config.training.n_jitted_steps=10"])
     with pytest.raises(ValueError, match="training.n_iters must be a positive multiple of training.n_jitted_steps"):
         runs.train(config, str(tmp_path / "x"), progress=False)

@@ -9,7 +9,7 @@ import pytest
 from helpers import mixture_2d, x64
 
 from diffjax import SubVPSDE, VESDE, VPSDE, guidance, likelihood
-from diffjax import sde as P
+from diffjax import processes as P
 from diffjax import samplers as S
 from diffjax.score import make_score_fn
 
@@ -28,13 +28,13 @@ def mlp_params(seed, dtype=jnp.float32):
 
 def test_sample_compiles_once_for_fresh_steps_and_fresh_parameters():
     key, x = jax.random.PRNGKey(0), jnp.ones((8, 2))
-    before = S.base._run.cache_size()
+    before = S.driver._run.cache_size()
     outs = []
     for seed in range(3):
         sde = VPSDE()  # built anew, as are the step, the grid and the score function
-        score_fn = make_score_fn(mlp_apply, mlp_params(seed), sde)
+        score_fn = make_score_fn(mlp_apply, mlp_params(seed), sde, labels="score_sde")
         outs.append(S.sample(S.dpmpp_2m(sde), score_fn, key, x, S.log_snr_timesteps(sde, 5)).x)
-    assert S.base._run.cache_size() == before + 1
+    assert S.driver._run.cache_size() == before + 1
     assert not np.allclose(outs[0], outs[1])  # the new parameters were used, not compiled-in old ones
 
 
@@ -43,7 +43,7 @@ def test_ode_sample_and_log_likelihood_compile_once_for_fresh_parameters():
     before_ode, before_ll = S.ode._ode_sample.cache_size(), likelihood._log_likelihood.cache_size()
     for seed in range(3):
         sde = VPSDE()
-        score_fn = make_score_fn(mlp_apply, mlp_params(seed), sde)
+        score_fn = make_score_fn(mlp_apply, mlp_params(seed), sde, labels="score_sde")
         S.ode_sample(sde, score_fn, key, x, rtol=1e-3, atol=1e-3)
         likelihood.log_likelihood(sde, score_fn, key, x, rtol=1e-3, atol=1e-3)
     assert S.ode._ode_sample.cache_size() == before_ode + 1
@@ -53,15 +53,15 @@ def test_ode_sample_and_log_likelihood_compile_once_for_fresh_parameters():
 def test_a_mixture_score_and_a_guidance_weight_array_do_not_recompile():
     gm, sde, key, x = mixture_2d(), VESDE(), jax.random.PRNGKey(0), jnp.ones((6, 2))
     ts = S.karras_timesteps(sde, 4)
-    before = S.base._run.cache_size()
+    before = S.driver._run.cache_size()
     for w in (0.5, 1.0, 2.0):  # arrays: traced, one program
         cond = gm.score_fn(sde)
         score = guidance.guided_score(cond, mixture_2d().score_fn(sde), jnp.asarray(w))
         S.sample(S.ddim(sde), score, key, x, ts)
-    assert S.base._run.cache_size() == before + 1
+    assert S.driver._run.cache_size() == before + 1
     S.sample(S.ddim(sde), guidance.guided_score(gm.score_fn(sde), gm.score_fn(sde), 0.0), key, x, ts)
     S.sample(S.ddim(sde), guidance.guided_score(gm.score_fn(sde), gm.score_fn(sde), 0.0), key, x, ts)
-    assert S.base._run.cache_size() == before + 2  # a Python number is static: one program for w = 0
+    assert S.driver._run.cache_size() == before + 2  # a Python number is static: one program for w = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ PROCESS_VARIANTS = {
     "subvpsde": (SubVPSDE, {}, [{"beta_min": 0.2}, {"beta_max": 15.0}, {"N": 500}]),
     "edm": (P.EDM, {}, [{"sigma_min": 0.01}, {"sigma_max": 40.0}]),
     "cosine": (P.CosineVP, {}, [{"s": 0.01}, {"t_max": 0.99}, {"max_beta": 0.99}]),
-    "rectified_flow": (P.RectifiedFlow, {}, [{"t_max": 0.99}, {"sampling_eps": 1e-2}]),
+    "rectified_flow": (P.RectifiedFlow, {}, [{"t_max": 0.99}, {"t_end": 1e-2}]),
     "interpolant": (P.OneSidedInterpolant, {}, [{"alpha": "trig"}, {"gamma": "zero"}, {"gamma_scale": 0.5}]),
     "pfgmpp": (P.PFGMPP, {}, [{"D": 2048.0}, {"prior_method": "beta_prime"}, {"sigma_max": 40.0}]),
 }
@@ -83,8 +83,8 @@ STEP_VARIANTS = {
     "euler_maruyama": ({}, [{"epsilon": 0.5}]),
     "reverse_diffusion": ({}, []),
     "ancestral_sampling": ({}, [{"variance": "posterior"}]),
-    "langevin": ({}, [{"snr": 0.1}, {"n_steps": 2}, {"norms": "batch"}]),
-    "annealed_langevin": ({}, [{"snr": 0.1}, {"n_steps": 2}]),
+    "langevin": ({}, [{"snr": 0.1}, {"langevin_steps": 2}, {"norms": "batch"}]),
+    "annealed_langevin": ({}, [{"snr": 0.1}, {"langevin_steps": 2}]),
     "ode_euler": ({}, []),
     "ode_heun": ({}, []),
     "ode_rk4": ({}, []),
@@ -115,14 +115,14 @@ def test_processes_are_values(name):
     key, x, gm = jax.random.PRNGKey(0), jnp.ones((3, 2)), mixture_2d()
 
     def score(p):  # PFGM++ has no Gaussian marginals: the exact score of the mixture's means as atoms
-        return gm.score_fn(p) if p.gaussian else p.delta_mixture_score(gm.means, gm.weights)
+        return gm.score_fn(p) if p.kernel == "gaussian" else p.delta_mixture_score(gm.means, gm.weights)
 
-    before = S.base._run.cache_size()
+    before = S.driver._run.cache_size()
     S.sample(S.ddim(a), score(a), key, x, S.uniform_timesteps(a, 3))
     S.sample(S.ddim(b), score(b), key, x, S.uniform_timesteps(b, 3))
     other = cls(**{**base, **variants[0]})
     S.sample(S.ddim(other), score(other), key, x, S.uniform_timesteps(other, 3))
-    assert S.base._run.cache_size() == before + 2
+    assert S.driver._run.cache_size() == before + 2
 
 
 @pytest.mark.parametrize("name", sorted(STEP_VARIANTS))
@@ -137,10 +137,10 @@ def test_steps_are_values(name):
         assert s != a and hash(s) != hash(a), (name, v)
     key, x, score = jax.random.PRNGKey(0), jnp.ones((3, 2)), mixture_2d().score_fn(sde)
     ts = S.uniform_timesteps(sde, 2)
-    before = S.base._run.cache_size()
+    before = S.driver._run.cache_size()
     for s in steps + [b]:
         S.sample(s, score, key, x, ts)
-    assert S.base._run.cache_size() == before + len(steps), name  # b reuses a's program
+    assert S.driver._run.cache_size() == before + len(steps), name  # b reuses a's program
 
 
 def test_steps_of_different_classes_with_the_same_fields_are_different_programs():
@@ -159,8 +159,8 @@ def test_chains_and_custom_steps_are_values():
     assert S.get_step("pc", sde) == S.chain(S.langevin(sde), S.reverse_diffusion(VESDE()))
     assert S.get_step("pc", sde, snr=0.1) != S.get_step("pc", sde)
 
-    def update(keys, x, state, t, t_next, score_fn):
-        return x, x, state
+    def update(sde, keys, x, state, t, t_next, score_fn):
+        return x, state
 
     assert S.custom_step(update, sde, nfe=0) == S.custom_step(update, VESDE(), nfe=0)
     assert S.custom_step(update, sde, nfe=0) != S.custom_step(update, sde, nfe=0, moves_time=False)
@@ -187,7 +187,7 @@ def test_jit_grad_and_vmap_around_the_driver():
             return jnp.sum(S.sample(S.ddim(sde), score, key, x0, ts).x[:, 0])
 
         def loss_params(p):
-            return jnp.sum(S.sample(S.ddim(sde), make_score_fn(mlp_apply, p, sde), key, x0, ts).x ** 2)
+            return jnp.sum(S.sample(S.ddim(sde), make_score_fn(mlp_apply, p, sde, labels="score_sde"), key, x0, ts).x ** 2)
 
         # the user's own jit gives the driver's result
         np.testing.assert_allclose(jax.jit(loss_x)(x0), loss_x(x0), rtol=1e-12)
@@ -216,7 +216,7 @@ def test_an_array_passed_twice_is_one_operand():
     """filter_jit passes an array object that occurs in several arguments once (so XLA can share
     the work that depends on it, as for a mixture held by both a score and its divergence), and
     equal values in distinct arrays still give the same result under their own program."""
-    from diffjax._jit import _partition, filter_jit
+    from diffjax._jit import partition as _partition, filter_jit
 
     @filter_jit
     def f(a, b):

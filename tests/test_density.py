@@ -90,7 +90,7 @@ def test_steps_without_the_forward_noise_are_refused(step):
 def test_steps_with_the_forward_noise_are_accepted():
     for step in (samplers.ddim(SDE, eta=1.0), samplers.ancestral_sampling(SDE), samplers.dpmpp_3m_sde(SDE),
                  samplers.reverse_diffusion(SDE), samplers.euler_maruyama(SDE)):
-        assert samplers.injects_forward_noise(step)
+        assert step.forward_noise
         samplers.track_log_density(step, "kernel")
     with pytest.raises(ValueError, match="density form"):
         samplers.track_log_density(samplers.euler_maruyama(SDE), "midpoint")

@@ -12,7 +12,7 @@ from helpers import MixtureCheck, mixture_2d, mixture_3d, mixture_moments, x64
 
 from diffjax import GaussianMixture, VPSDE
 from diffjax import samplers as S
-from diffjax.sde import EDM, RectifiedFlow
+from diffjax.processes import EDM, RectifiedFlow
 
 
 def gaussian_setup():
@@ -28,7 +28,7 @@ def global_order(step, fit, ns=(40, 80, 160)):
     exact = S.gaussian_teleport(sde, x0, 1.0, 1e-3, fit)
     errs = []
     for n in ns:
-        x = S.sample(step, S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0,
+        x = S.sample(step, S.gaussian_score(sde, fit), jax.random.PRNGKey(0), x0,
                      S.log_snr_timesteps(sde, n, 1e-3, dtype=jnp.float64), denoise=False).x
         errs.append(float(jnp.sqrt(jnp.mean(jnp.sum((x - exact) ** 2, axis=1)))))
     return -np.polyfit(np.log(ns), np.log(errs), 1)[0], errs
@@ -72,7 +72,7 @@ def test_identities_with_the_existing_solvers():
         sde, fit = VPSDE(), gaussian_setup()
         x0 = jnp.asarray(np.random.default_rng(2).normal(size=(64, 4)))
         ts = S.log_snr_timesteps(sde, 25, dtype=jnp.float64)
-        score = S.gaussian_score(fit, sde)
+        score = S.gaussian_score(sde, fit)
         run = lambda st: S.sample(st, score, jax.random.PRNGKey(0), x0, ts).x  # noqa: E731
         np.testing.assert_allclose(run(S.unipc(sde, order=2, corrector=False, lower_order_final=False)),
                                    run(S.dpmpp_2m(sde)), atol=1e-12)
@@ -91,8 +91,8 @@ def test_lower_order_final_is_set_by_the_driver():
         fit = gaussian_setup()
         x0 = jnp.asarray(np.random.default_rng(3).normal(size=(32, 4)))
         ts = S.log_snr_timesteps(sde, 5, dtype=jnp.float64)
-        a = S.sample(S.unipc(sde), S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0, ts).x
-        b = S.sample(S.unipc(sde, lower_order_final=False), S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0, ts).x
+        a = S.sample(S.unipc(sde), S.gaussian_score(sde, fit), jax.random.PRNGKey(0), x0, ts).x
+        b = S.sample(S.unipc(sde, lower_order_final=False), S.gaussian_score(sde, fit), jax.random.PRNGKey(0), x0, ts).x
     assert float(jnp.max(jnp.abs(a - b))) > 1e-6  # the last two updates ran at lower order
 
 
@@ -106,7 +106,7 @@ def test_teleport_equals_a_fine_numerical_solve():
         sde, fit = VPSDE(), gaussian_setup()
         x0 = jnp.asarray(np.random.default_rng(4).normal(size=(256, 4)))
         exact = S.gaussian_teleport(sde, x0, 1.0, 1e-3, fit)
-        solved = S.sample(S.unipc(sde), S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x0,
+        solved = S.sample(S.unipc(sde), S.gaussian_score(sde, fit), jax.random.PRNGKey(0), x0,
                           S.log_snr_timesteps(sde, 2000, 1e-3, dtype=jnp.float64), denoise=False).x
         assert float(jnp.sqrt(jnp.mean((solved - exact) ** 2))) < 1e-5
         cov = fit.eigvecs @ jnp.diag(fit.eigvals) @ fit.eigvecs.T
@@ -119,8 +119,8 @@ def test_teleport_equals_a_fine_numerical_solve():
         low = S.GaussianFit(fit.mean, lam[:2], fit.eigvecs[:, :2], 0.3)
         np.testing.assert_allclose(S.gaussian_teleport(sde, x0, 1.0, 0.2, low), S.gaussian_teleport(sde, x0, 1.0, 0.2, full),
                                    atol=1e-12)
-        np.testing.assert_allclose(S.gaussian_score(low, sde)(x0, jnp.full((256,), 0.3)),
-                                   S.gaussian_score(full, sde)(x0, jnp.full((256,), 0.3)), atol=1e-12)
+        np.testing.assert_allclose(S.gaussian_score(sde, low)(x0, jnp.full((256,), 0.3)),
+                                   S.gaussian_score(sde, full)(x0, jnp.full((256,), 0.3)), atol=1e-12)
 
 
 def test_teleport_composes_and_inverts():
@@ -188,7 +188,7 @@ def test_teleport_error_is_small_far_out():
         x_T = S.prior_sample(sde, jax.random.PRNGKey(2), (256, 3), jnp.float64)
         t_skip = S.teleport_t_skip(sde, fit, 10.0)
         true = S.sample(S.unipc(sde), score, jax.random.PRNGKey(0), x_T,
-                        S.log_snr_timesteps(sde, 400, eps=t_skip, dtype=jnp.float64), denoise=False).x
+                        S.log_snr_timesteps(sde, 400, t_end=t_skip, dtype=jnp.float64), denoise=False).x
         tele = S.gaussian_teleport(sde, x_T, sde.T, t_skip, fit)
         s_hat = float(sde.noise_level(jnp.asarray(t_skip)))
         a_vp = 1.0 / math.sqrt(1.0 + s_hat**2)
@@ -210,7 +210,7 @@ def test_gaussian_solver_error_matches_monte_carlo():
         # x_T from the Gaussian's own marginal at T: N(mu, Sigma + T^2 I) (a = 1)
         z = jax.random.normal(jax.random.PRNGKey(4), (20000, 4), jnp.float64)
         x_T = fit.mean[None] + (z * jnp.sqrt(fit.eigvals + sde.T**2)) @ fit.eigvecs.T
-        out = S.sample(step, S.gaussian_score(fit, sde), jax.random.PRNGKey(0), x_T, ts).x
+        out = S.sample(step, S.gaussian_score(sde, fit), jax.random.PRNGKey(0), x_T, ts).x
         exact = S.gaussian_teleport(sde, x_T, sde.T, ts[-1], fit)
         a, s = sde.marginal_coeffs(ts[-1:])
         y = (exact - a * fit.mean) @ fit.eigvecs
@@ -227,7 +227,7 @@ def test_fitted_grid_beats_karras_on_its_gaussian_and_is_cached():
             karras = S.karras_timesteps(sde, n, dtype=jnp.float64)
             fitted = S.fitted_timesteps(step, n, fit, iters=150)
             assert fitted.shape == (n + 1,) and bool(jnp.all(jnp.diff(fitted) < 0))
-            assert float(fitted[0]) == sde.T and float(fitted[-1]) == sde.sampling_eps
+            assert float(fitted[0]) == sde.T and float(fitted[-1]) == sde.t_end
             assert float(S.gaussian_solver_error(step, fitted, fit)) < 0.5 * float(S.gaussian_solver_error(step, karras, fit))
             assert S.fitted_timesteps(step, n, fit, iters=150) is fitted  # cached per (step, n, fit)
 
@@ -300,14 +300,14 @@ def test_run_layer_builds_a_teleporting_sampler_on_a_fitted_grid(tmp_path):
     from diffjax.run import build
 
     config = configs.load_config("toy2d", ["sampling.method='unipc'", "sampling.grid='fitted'",
-                                           "sampling.teleport='auto'", "sampling.n_steps=5", "sampling.order=3"])
+                                           "sampling.teleport='auto'", "sampling.num_steps=5", "sampling.order=3"])
     sde = build.build_sde(config)
     sampler = build.build_sampler(config, sde, str(tmp_path))
     fit = S.GaussianFit.load(str(tmp_path / "gaussian_fit.npz"))
     assert sampler.t_skip == pytest.approx(S.teleport_t_skip(sde, fit, nfe=6))
     ts = np.asarray(sampler.timesteps)
     assert ts[0] == pytest.approx(sampler.t_skip) and np.all(np.diff(ts) < 0) and len(ts) == 6
-    res = sampler(S.gaussian_score(fit, sde), jax.random.PRNGKey(0), S.prior_sample(sde, jax.random.PRNGKey(0), (8, 2)))
+    res = sampler(S.gaussian_score(sde, fit), jax.random.PRNGKey(0), S.prior_sample(sde, jax.random.PRNGKey(0), (8, 2)))
     x, nfe = res.x, res.nfe
     assert int(nfe[0]) == 6 and bool(jnp.all(jnp.isfinite(x)))
     assert build.build_sampler(config, sde, str(tmp_path)) == sampler  # the stored fit: the same sampler value

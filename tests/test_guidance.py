@@ -227,7 +227,7 @@ def test_noise_conditional_digits_classifier_beats_chance_at_moderate_t():
 
 
 def test_classifier_loss_checks_its_inputs():
-    with pytest.raises(ValueError, match="need 0 <= eps < t_max <= T"):
+    with pytest.raises(ValueError, match="need 0 <= t_min < t_max <= T"):
         guidance.get_classifier_loss_fn(VESDE(), lambda p, x, t: x, t_max=2.0)
     loss_fn = guidance.get_classifier_loss_fn(VESDE(), lambda p, x, t: x)
     with pytest.raises(ValueError, match="labels under 'class_labels'"):

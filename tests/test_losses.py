@@ -144,8 +144,8 @@ def test_likelihood_weighting_importance_sampling_keeps_the_mean_and_cuts_the_va
     sde = SDES[name]
     model = exact_score_model(SINGLE, sde)
     x = SINGLE.sample(jax.random.PRNGKey(7), 100_000)
-    uni = get_dsm_loss_fn(sde, model, likelihood_weighting=True)
-    isf = get_dsm_loss_fn(sde, model, likelihood_weighting=True, importance_sampling=True)
+    uni = get_dsm_loss_fn(sde, model, likelihood_weighting=True, reduce_mean=False)
+    isf = get_dsm_loss_fn(sde, model, likelihood_weighting=True, importance_sampling=True, reduce_mean=False)
     m_u, se_u, v_u = per_example(uni, jax.random.PRNGKey(8), x)
     m_i, se_i, v_i = per_example(isf, jax.random.PRNGKey(9), x)
 
@@ -173,7 +173,7 @@ def _discrete_exact_model(sde):
         var = a_all[labels][:, None] ** 2 * jnp.asarray(LAMBDA) + s_all[labels][:, None] ** 2
         return -x / var  # the data mean is zero
 
-    return make_score_model(apply_fn, sde, prediction="score", continuous=False)
+    return make_score_model(apply_fn, sde, prediction="score", continuous=False, labels="index")
 
 
 @pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
@@ -198,7 +198,7 @@ def test_ddpm_loss_is_the_eps_mse():
     """A network that always predicts eps = c: E ||c - z||^2 / d = 1 + mean(c^2) exactly."""
     sde = VPSDE()
     c = jnp.array([0.5, -1.0, 0.25])
-    model = make_score_model(lambda p, x, labels: jnp.broadcast_to(c, x.shape), sde, prediction="eps", continuous=False)
+    model = make_score_model(lambda p, x, labels: jnp.broadcast_to(c, x.shape), sde, prediction="eps", continuous=False, labels="index")
     loss_fn = get_ddpm_loss_fn(sde, model, reduce_mean=True)
     got, se, _ = per_example(loss_fn, jax.random.PRNGKey(12), jnp.ones((50_000, 3)))
     assert abs(got - (1 + float(jnp.mean(c**2)))) < 4 * se
@@ -227,7 +227,7 @@ def test_conditioning_from_a_batch_mapping_reaches_the_model():
         seen["y"], seen["rng"] = y.shape, dropout_rng.shape
         return MIXTURE.score(x, sde, t) + 0.0 * y[:, None]
 
-    loss_fn = get_dsm_loss_fn(sde, model, rng_kwarg="dropout_rng")
+    loss_fn = get_dsm_loss_fn(sde, model, rng_kwarg="dropout_rng", reduce_mean=False)
     x = MIXTURE.sample(jax.random.PRNGKey(15), 8)
     loss, metrics = loss_fn(jax.random.PRNGKey(16), None, {"x": x, "y": jnp.arange(8.0)})
     assert seen["y"] == (8,) and seen["rng"] == jax.random.PRNGKey(0).shape
@@ -243,8 +243,8 @@ def test_bad_configurations_raise_clear_errors():
         get_smld_loss_fn(vp, model)
     with pytest.raises(TypeError, match="DDPM loss needs a VPSDE"):
         get_ddpm_loss_fn(ve, model)
-    with pytest.raises(ValueError, match="eps must lie in"):
-        get_dsm_loss_fn(vp, model, eps=1.0)
+    with pytest.raises(ValueError, match="t_min must lie in"):
+        get_dsm_loss_fn(vp, model, t_min=1.0)
     loss_fn = get_dsm_loss_fn(vp, model)
     with pytest.raises(ValueError, match="key 'x'"):
         loss_fn(jax.random.PRNGKey(0), None, {"image": jnp.ones((2, 2))})

@@ -105,7 +105,7 @@ def reference(tmp_path_factory):
 def test_two_processes_train_a_toy_like_one_process_and_evaluate_once(reference, tmp_path):
     workdir = str(tmp_path / "two_by_two")
     argv = ["train", *TOY, "--workdir", workdir, "--steps", str(STEPS), "--config.sampling.num_samples=64",
-            "--config.sampling.n_steps=8", "--config.eval.bpd_num_examples=16", "--config.eval.bpd_rtol=1e-3"]
+            "--config.sampling.num_steps=8", "--config.eval.bpd_num_examples=16", "--config.eval.bpd_rtol=1e-3"]
     results = run(2, 2, argv)
     assert all("done: step 20" in out for _, out, _ in results)
     assert sorted(os.listdir(workdir)).count("results.json") == 1
@@ -150,7 +150,7 @@ def test_two_processes_train_the_digits_to_the_end(tmp_path):
     argv = ["train", "--config", "digits", "--workdir", workdir, "--steps", "4", "--no-progress",
             "--config.model.options.nf=8", "--config.model.options.ch_mult=(1,)",
             "--config.model.options.num_res_blocks=1", "--config.model.options.attn_resolutions=()",
-            "--config.training.batch_size=16", "--config.sampling.num_samples=8", "--config.sampling.n_steps=4",
+            "--config.training.batch_size=16", "--config.sampling.num_samples=8", "--config.sampling.num_steps=4",
             "--config.eval.bpd_num_examples=8", "--config.eval.bpd_rtol=1e-2"]
     results = run(2, 2, argv, timeout=400)
     assert all("done: step 4" in out and "test bits/dim:" in out for _, out, _ in results)

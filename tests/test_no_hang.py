@@ -26,10 +26,10 @@ def test_samplers_with_a_lapack_score_return_at_a_batch_of_4096():
 
 
 def test_only_scores_with_blocking_kernels_are_ordered():
-    """The ordering that prevents the deadlock (samplers.base._after) serialises a step's independent
-    work, so `sequenced` applies it only to scores whose trace holds LAPACK or FFT kernels: the
-    mixture score (eigenpairs precomputed) and a plain network-like map run unordered; solve,
-    cholesky inside a nested jit, and an FFT are detected."""
+    """The ordering that prevents the deadlock (numerics.xla_cpu.order_after) serialises a step's
+    independent work, so `checked_score` applies it only to scores whose trace holds LAPACK or FFT
+    kernels: the mixture score (eigenpairs precomputed) and a plain network-like map run unordered;
+    solve, cholesky inside a nested jit, and an FFT are detected."""
     sys.path.insert(0, os.path.dirname(__file__))
     import jax
     import jax.numpy as jnp
@@ -37,7 +37,7 @@ def test_only_scores_with_blocking_kernels_are_ordered():
     from helpers import mixture_2d
 
     from diffjax import VPSDE
-    from diffjax.samplers.base import needs_ordering
+    from diffjax.numerics.xla_cpu import needs_ordering
 
     x, t = jnp.ones((4, 3)), jnp.full((4,), 0.5)
     x2 = jnp.ones((4, 2))
@@ -48,8 +48,9 @@ def test_only_scores_with_blocking_kernels_are_ordered():
     nested = jax.jit(lambda y: jnp.linalg.cholesky(jnp.eye(3) + y[:, :, None] * y[:, None, :]).sum(-1))
     assert needs_ordering(lambda x, t: nested(x) * t[:, None], x, t)
     assert needs_ordering(lambda x, t: jnp.fft.fft(x).real, x, t)
-    # a score that cannot be traced here keeps the safe ordering (and its own error surfaces later)
-    assert needs_ordering(lambda x, t: x @ jnp.ones((5, 5)), x, t)
+    # a score that cannot be traced raises its own error here (no broad except hides it, diffjax 0.2)
+    with pytest.raises(TypeError):
+        needs_ordering(lambda x, t: x @ jnp.ones((5, 5)), x, t)
 
 
 def test_the_ordering_decision_is_traced_once_per_structure():
@@ -59,7 +60,7 @@ def test_the_ordering_decision_is_traced_once_per_structure():
     import jax
     import jax.numpy as jnp
 
-    from diffjax.samplers.base import needs_ordering
+    from diffjax.numerics.xla_cpu import needs_ordering
 
     traces = []
 

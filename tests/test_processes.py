@@ -13,7 +13,7 @@ from scipy import stats
 
 from diffjax import GaussianMixture, VPSDE, likelihood, losses, score
 from diffjax import samplers as S
-from diffjax import sde as P
+from diffjax import processes as P
 
 GAUSSIAN = {
     "edm": P.EDM(),
@@ -33,7 +33,7 @@ CUSTOM_VP = P.CustomProcess(_vp_marginal)
 
 
 def _times(sde, n=9, dtype=jnp.float64):
-    return jnp.linspace(sde.sampling_eps, sde.T, n, dtype=dtype)
+    return jnp.linspace(sde.t_end, sde.T, n, dtype=dtype)
 
 
 @pytest.mark.parametrize("name", sorted(GAUSSIAN))
@@ -92,7 +92,7 @@ def test_forward_marginal_of_a_mixture_is_the_closed_form(name):
     n = 40000
     x0 = gm.sample(jax.random.PRNGKey(0), n)
     for i, frac in enumerate((0.05, 0.4, 0.9)):
-        t = sde.sampling_eps + frac * (sde.T - sde.sampling_eps)
+        t = sde.t_end + frac * (sde.T - sde.t_end)
         xt = np.asarray(sde.perturb(jax.random.PRNGKey(i + 1), x0, jnp.full((n,), t)), np.float64)
         exact = gm.marginal(sde, t)
         mu = np.asarray(exact.weights @ exact.means, np.float64)
@@ -170,8 +170,8 @@ def test_ddim_on_the_linear_interpolant_is_the_flow_matching_euler_step():
             d = S.tweedie_denoise(sde, score_fn, x, tb)
             fm = x + (tn - t) * (x - d) / t
             keys = S.example_keys(jax.random.PRNGKey(0), 64)
-            ddim, _, _ = S.ddim(sde).update(keys, x, (), tb, tnb, score_fn)
-            euler, _, _ = S.ode_euler(sde).update(keys, x, (), tb, tnb, score_fn)
+            ddim, _ = S.ddim(sde).update(keys, x, (), tb, tnb, score_fn)
+            euler, _ = S.ode_euler(sde).update(keys, x, (), tb, tnb, score_fn)
             np.testing.assert_allclose(ddim, fm, atol=1e-10)
             np.testing.assert_allclose(euler, fm, atol=1e-10)
 
@@ -192,7 +192,7 @@ def test_interpolant_velocity_is_the_probability_flow_velocity():
             sig2 = (1 - si) ** 2 + c * si * (1 - si)
             dsig2 = -2 * (1 - si) + c * (1 - 2 * si)  # d sigma^2 / ds
             b = (dbeta / beta) * x + (dbeta * sig2 / beta - 0.5 * dsig2) * sc
-            pf = S.probability_flow_drift(sde, gm.score_fn(sde), x, tb)
+            pf = P.probability_flow_drift(sde, gm.score_fn(sde), x, tb)
             np.testing.assert_allclose(b, -pf, rtol=1e-9, atol=1e-9)
             a, s = sde.marginal_coeffs(tb)
             u = score.score_to_output(sc, x, a, s, "velocity", sde=sde, t=tb)
@@ -244,7 +244,7 @@ def test_conversions_between_predictions_are_exact(name):
     gm = mixture_2d()
     with x64():
         x = jnp.asarray(np.random.default_rng(2).normal(size=(16, 2)))
-        t = jnp.linspace(sde.sampling_eps * 10, sde.T * 0.9, 16, dtype=jnp.float64)
+        t = jnp.linspace(sde.t_end * 10, sde.T * 0.9, 16, dtype=jnp.float64)
         s_true = gm.score(x, sde, t)
         a, sig = sde.marginal_coeffs(t)
         eps = score.convert_prediction(s_true, x, t, sde, "score", "eps")
@@ -252,7 +252,7 @@ def test_conversions_between_predictions_are_exact(name):
         x0 = score.convert_prediction(s_true, x, t, sde, "score", "x0")
         np.testing.assert_allclose(x0, (x + sig[:, None] ** 2 * s_true) / a[:, None], rtol=1e-10)
         vel = score.convert_prediction(s_true, x, t, sde, "score", "velocity")
-        np.testing.assert_allclose(vel, S.probability_flow_drift(sde, gm.score_fn(sde), x, t), rtol=1e-8, atol=1e-9)
+        np.testing.assert_allclose(vel, P.probability_flow_drift(sde, gm.score_fn(sde), x, t), rtol=1e-8, atol=1e-9)
         for src in score.PREDICTIONS:
             value = score.convert_prediction(s_true, x, t, sde, "score", src)
             for dst in score.PREDICTIONS:
@@ -273,7 +273,7 @@ def test_edm_preconditioning_wraps_any_network():
         for sde in (P.EDM(), VPSDE()):
             model = score.make_score_model(net, sde, prediction="edm", sigma_data=0.5)
             x = jnp.asarray(np.random.default_rng(3).normal(size=(8, 2)))
-            t = jnp.linspace(sde.sampling_eps * 100, sde.T * 0.5, 8, dtype=jnp.float64)
+            t = jnp.linspace(sde.t_end * 100, sde.T * 0.5, 8, dtype=jnp.float64)
             s_out = model(jnp.float64(0.7), x, t)
             a, sig = sde.marginal_coeffs(t)
             sh = sig / a
@@ -341,8 +341,8 @@ def test_flow_matching_loss_at_the_exact_field_is_the_conditional_variance():
     sde = P.RectifiedFlow()
     fn = losses.get_flow_matching_loss_fn(sde, lambda p, x, t: gm.score(x, sde, t), reduce_mean=False)
     vals = [float(fn(jax.random.PRNGKey(i), None, gm.sample(jax.random.PRNGKey(1000 + i), 8192))[0]) for i in range(6)]
-    t = np.linspace(sde.sampling_eps, sde.T, 200001)
-    want = 0.5 * np.trapezoid(d * v / ((1 - t) ** 2 * v + t**2), t) / (sde.T - sde.sampling_eps)
+    t = np.linspace(sde.t_end, sde.T, 200001)
+    want = 0.5 * np.trapezoid(d * v / ((1 - t) ** 2 * v + t**2), t) / (sde.T - sde.t_end)
     assert abs(np.mean(vals) - want) < 4 * np.std(vals, ddof=1) / math.sqrt(6) + 1e-3, (np.mean(vals), want)
 
 
@@ -450,17 +450,17 @@ def test_new_processes_are_values_and_compile_once():
     assert P.RectifiedFlow() != P.OneSidedInterpolant("linear", "zero")
     assert P.PFGMPP(D=128.0) != P.PFGMPP(D=2048.0)
     gm = mixture_2d()
-    before = S.base._run.cache_size()
+    before = S.driver._run.cache_size()
     sde = P.EDM()
     for _ in range(3):
         step = S.dpmpp_2m(P.EDM())
         S.sample(step, gm.score_fn(P.EDM()), jax.random.PRNGKey(0), S.prior_sample(sde, jax.random.PRNGKey(0), (8, 2)),
                  S.karras_timesteps(sde, 5))
-    assert S.base._run.cache_size() == before + 1
+    assert S.driver._run.cache_size() == before + 1
 
 
 def test_bad_process_parameters_say_what_was_expected():
-    with pytest.raises(ValueError, match="sampling_eps < T"):
+    with pytest.raises(ValueError, match="t_end < T"):
         P.EDM(sigma_min=90.0)
     with pytest.raises(ValueError, match="t_max < 1"):
         P.RectifiedFlow(t_max=1.0)

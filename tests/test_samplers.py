@@ -190,7 +190,7 @@ def test_euler_maruyama_has_weak_order_one():
     sde = VPSDE()
     m, v = 0.5, 0.3
     gm = GaussianMixture(jnp.ones(1), jnp.array([[m]]), jnp.array([[[v]]]))
-    eps = sde.sampling_eps
+    eps = sde.t_end
     a, s = sde.marginal_coeffs(jnp.float32(eps))
     exact = float((a * m) ** 2 + a**2 * v + s**2)
     n_paths = 2_000_000
@@ -270,7 +270,7 @@ def _counting(score_fn):
     return counted, count
 
 
-@pytest.mark.parametrize("name,opts", ALL_STEPS + [("pc", {"n_steps": 3})],
+@pytest.mark.parametrize("name,opts", ALL_STEPS + [("pc", {"langevin_steps": 3})],
                          ids=[f"{n}{i}" for i, (n, _) in enumerate(ALL_STEPS + [("pc", {})])])
 @pytest.mark.parametrize("denoise", [True, False])
 def test_nfe_is_counted_right(name, opts, denoise):
@@ -303,15 +303,15 @@ def test_corrector_order_in_a_chain():
     sde = VPSDE()
     seen = []
 
-    def probe_update(keys, x, state, t, t_next, score_fn):
+    def probe_update(sde, keys, x, state, t, t_next, score_fn):
         seen.append(("c", t))
-        return x, x, state
+        return x, state
 
     corrector = S.custom_step(probe_update, sde, nfe=0, moves_time=False, name="probe")
 
-    def pred_update(keys, x, state, t, t_next, score_fn):
+    def pred_update(sde, keys, x, state, t, t_next, score_fn):
         seen.append(("p", t))
-        return x, x, state
+        return x, state
 
     predictor = S.custom_step(pred_update, sde, nfe=0, name="pred")
     t, t_next = jnp.full((2,), 0.8), jnp.full((2,), 0.5)
@@ -344,13 +344,13 @@ def test_time_grids():
     for proc, sde in PROCESSES.items():
         for name, grid in S.TIME_GRIDS.items():
             ts = np.asarray(grid(sde, 10))
-            assert ts.shape == (11,) and ts[0] == 1.0 and np.isclose(ts[-1], sde.sampling_eps), (proc, name)
+            assert ts.shape == (11,) and ts[0] == 1.0 and np.isclose(ts[-1], sde.t_end), (proc, name)
             assert np.all(np.diff(ts) < 0), (proc, name)
         lam = np.asarray(sde.log_snr(S.log_snr_timesteps(sde, 10)), np.float64)
         np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=2e-3)
         sig = np.exp(-np.asarray(sde.log_snr(S.karras_timesteps(sde, 10)), np.float64))
         np.testing.assert_allclose(np.diff(sig ** (1 / 7)), np.diff(sig ** (1 / 7))[0], rtol=2e-3)
-    np.testing.assert_allclose(S.quadratic_timesteps(VPSDE(), 4, eps=0.01),
+    np.testing.assert_allclose(S.quadratic_timesteps(VPSDE(), 4, t_end=0.01),
                                0.01 + 0.99 * np.array([1, 0.5625, 0.25, 0.0625, 0.0]), rtol=1e-6)
 
 
@@ -374,8 +374,10 @@ def test_bad_inputs_raise_clear_errors():
         S.chain(S.ode_euler(sde), S.ddim(sde))
     with pytest.raises(ValueError, match="unknown ODE method"):
         S.ode_sample(sde, sf, key, x, method="rk45")
-    with pytest.raises(ValueError, match="needs num_steps"):
-        S.edm_heun(sde, S_churn=5.0)
+    churn = S.edm_heun(sde, S_churn=5.0)  # the driver tells it the grid's length (diffjax 0.2) ...
+    assert churn.with_num_steps(8).num_steps == 8
+    with pytest.raises(ValueError, match="needs num_steps"):  # ... and outside the driver it must be given
+        churn.update(S.example_keys(key, 4), x, (), jnp.full((4,), 0.5), jnp.full((4,), 0.4), sf)
     with pytest.raises(TypeError, match="step must be a diffjax.samplers.Step"):
         S.sample("ddim", sf, key, x, S.uniform_timesteps(sde, 3))
     with pytest.raises(ValueError, match="number of steps"):
@@ -385,13 +387,13 @@ def test_bad_inputs_raise_clear_errors():
 def test_sample_compiles_once_per_shape():
     sde, gm = VPSDE(), mixture_2d()
     step, score_fn = S.ddim(sde), gm.score_fn(sde)
-    before = S.base._run.cache_size()
+    before = S.driver._run.cache_size()
     for seed in range(3):
         key = jax.random.PRNGKey(seed)
         S.sample(step, score_fn, key, S.prior_sample(sde, key, (4, 2)), S.uniform_timesteps(sde, 5))
-    assert S.base._run.cache_size() == before + 1
+    assert S.driver._run.cache_size() == before + 1
     S.sample(step, score_fn, key, S.prior_sample(sde, key, (6, 2)), S.uniform_timesteps(sde, 5))
-    assert S.base._run.cache_size() == before + 2
+    assert S.driver._run.cache_size() == before + 2
 
 
 # ----------------------------------------------------------------------------------------------

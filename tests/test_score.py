@@ -63,7 +63,8 @@ def _exact_network(name, sde, prediction, continuous):
 def test_conversions_of_exact_networks_give_the_exact_score(name, prediction, continuous):
     sde = PROCESSES[name]
     score_fn = make_score_fn(_exact_network(name, sde, prediction, continuous), None, sde,
-                             prediction=prediction, continuous=continuous)
+                             prediction=prediction, continuous=continuous,
+                             labels="score_sde" if continuous else "index")
     key = jax.random.PRNGKey(0)
     x = 2.0 * jax.random.normal(key, (6, 3))
     t = jnp.array([0.05, 0.2, 0.37, 0.5, 0.81, 1.0])
@@ -86,14 +87,14 @@ def test_label_maps_follow_the_original():
     vp, ve, svp = VPSDE(N=1000), VESDE(N=1000), SubVPSDE(N=1000)
     np.testing.assert_allclose(time_labels(vp, t), 999 * np.asarray(t), rtol=1e-6)
     np.testing.assert_allclose(time_labels(svp, t), 999 * np.asarray(t), rtol=1e-6)
-    np.testing.assert_array_equal(time_labels(vp, t, continuous=False), np.round(np.asarray(t) * 999))
+    np.testing.assert_array_equal(time_labels(vp, t, "index"), np.round(np.asarray(t) * 999))
     np.testing.assert_allclose(time_labels(ve, t), 0.01 * 5000.0 ** np.asarray(t), rtol=1e-5)
     # VE discrete: index of the nearest discrete sigma in log scale, found by brute force
     sigmas = np.geomspace(0.01, 50.0, 1000)
     tt = np.linspace(0.0, 1.0, 777)
     nearest = np.argmin(np.abs(np.log(sigmas)[None] - np.log(0.01 * 5000.0**tt)[:, None]), axis=1)
-    np.testing.assert_array_equal(time_labels(ve, jnp.asarray(tt), continuous=False), nearest)
-    assert time_labels(ve, t, continuous=False).dtype == jnp.int32
+    np.testing.assert_array_equal(time_labels(ve, jnp.asarray(tt), "index"), nearest)
+    assert time_labels(ve, t, "index").dtype == jnp.int32
 
 
 def test_scale_by_sigma_divides_the_output_by_sigma():
@@ -106,7 +107,7 @@ def test_scale_by_sigma_divides_the_output_by_sigma():
         return labels[:, None] * gm.score(x, sde, tt)
 
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 2)) * 3
-    got = make_score_fn(apply_fn, None, sde, prediction="score", scale_by_sigma=True)(x, t)
+    got = make_score_fn(apply_fn, None, sde, prediction="score", scale_by_sigma=True, labels="score_sde")(x, t)
     np.testing.assert_allclose(got, gm.score(x, sde, t), rtol=1e-4)
 
 
@@ -116,7 +117,7 @@ def test_conditioning_passes_through_as_keyword_arguments():
     def apply_fn(params, x, labels, *, y, shift=0.0):
         return params * x + y[:, None] + shift
 
-    score_fn = make_score_fn(apply_fn, 2.0, sde, prediction="score")
+    score_fn = make_score_fn(apply_fn, 2.0, sde, prediction="score", labels="score_sde")
     x = jnp.ones((2, 3))
     t = jnp.array([0.5, 0.5])
     np.testing.assert_allclose(score_fn(x, t, y=jnp.array([1.0, -1.0]), shift=0.5), [[3.5] * 3, [1.5] * 3])
@@ -147,7 +148,7 @@ def test_any_callable_works_like_an_equinox_model():
 
     sde = VPSDE()
     apply_fn = lambda model, x, labels: jax.vmap(model)(x, labels)  # noqa: E731
-    score_fn = make_score_fn(apply_fn, Linear(0.001), sde, prediction="eps")
+    score_fn = make_score_fn(apply_fn, Linear(0.001), sde, prediction="eps", labels="score_sde")
     x = jnp.ones((2, 2))
     t = jnp.array([0.2, 0.9])
     expected = -(0.001 * 999 * np.asarray(t))[:, None] / np.asarray(sde.marginal_coeffs(t)[1])[:, None]
@@ -171,15 +172,15 @@ def test_bad_inputs_raise_clear_errors():
     sde = VPSDE()
     ident = lambda p, x, labels: x  # noqa: E731
     with pytest.raises(ValueError, match="unknown prediction type 'noise'.*expected one of"):
-        make_score_model(ident, sde, prediction="noise")
+        make_score_model(ident, sde, prediction="noise", labels="score_sde")
     with pytest.raises(ValueError, match="scale_by_sigma applies to prediction='score'"):
-        make_score_model(ident, sde, prediction="eps", scale_by_sigma=True)
+        make_score_model(ident, sde, prediction="eps", scale_by_sigma=True, labels="score_sde")
     with pytest.raises(TypeError, match="sde must be a diffjax process"):
-        make_score_model(ident, "vp")
-    score_fn = make_score_fn(ident, None, sde)
+        make_score_model(ident, "vp", labels="score_sde")
+    score_fn = make_score_fn(ident, None, sde, labels="score_sde")
     with pytest.raises(ValueError, match=r"t must have shape \(batch,\) = \(2,\)"):
         score_fn(jnp.ones((2, 3)), jnp.ones((3,)))
-    bad = make_score_fn(lambda p, x, labels: x[:, :1], None, sde)
+    bad = make_score_fn(lambda p, x, labels: x[:, :1], None, sde, labels="score_sde")
     with pytest.raises(ValueError, match="network output has shape"):
         bad(jnp.ones((2, 3)), jnp.ones((2,)))
     assert math.isfinite(float(score_fn(jnp.ones((2, 3)), jnp.full((2,), 0.5)).sum()))

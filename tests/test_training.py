@@ -65,7 +65,8 @@ def test_train_step_is_pure_and_donatable():
     sde = VPSDE()
     net = MLPScoreNet(hidden=(16,))
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.ones((1,)))
-    loss_fn = get_dsm_loss_fn(sde, make_score_model(net.apply, sde, prediction=net.prediction))
+    loss_fn = get_dsm_loss_fn(sde, make_score_model(net.apply, sde, prediction=net.prediction, labels="score_sde"),
+                              reduce_mean=False)
     tx = make_optimizer(learning_rate=1e-3, warmup_steps=10)
     step = make_train_step(loss_fn, tx, learning_rate_fn=warmup_schedule(1e-3, 10))
     state = create_train_state(jax.random.PRNGKey(1), params, tx)
@@ -89,7 +90,7 @@ def test_mlp_learns_the_exact_score_of_a_mixture():
                          jnp.stack([0.3 * jnp.eye(2), jnp.array([[0.4, 0.1], [0.1, 0.2]])]))
     sde = VPSDE()
     net = MLPScoreNet(hidden=(128, 128, 128))
-    model = make_score_model(net.apply, sde, prediction=net.prediction)
+    model = make_score_model(net.apply, sde, prediction=net.prediction, labels="score_sde")
     loss_fn = get_dsm_loss_fn(sde, model, reduce_mean=True)
     tx = make_optimizer(learning_rate=3e-3, warmup_steps=50)
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.ones((1,)))

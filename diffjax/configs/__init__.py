@@ -31,8 +31,8 @@ import ml_collections
 
 from diffjax.configs.default import get_default
 
-__all__ = ["get_default", "names", "load_config", "apply_overrides", "parse_value", "with_defaults", "validate",
-           "from_dict"]
+__all__ = ["get_default", "names", "load_config", "apply_overrides", "set_sampling", "parse_value", "with_defaults",
+           "validate", "from_dict"]
 
 # numbers that may be infinite: PFGM++ with D = inf is EDM
 _MAY_BE_INFINITE = ("sde.pfgmpp_D",)
@@ -55,8 +55,8 @@ def _module(name_or_path: str):
             module = importlib.util.module_from_spec(spec)
             try:
                 spec.loader.exec_module(module)
-            except Exception as e:  # a config file is user code: report what broke, in one line
-                raise ValueError(f"config file {path} could not be run ({type(e).__name__}: {e})") from e
+            except (Exception, SystemExit) as e:  # a config file is user code: report what broke, in one line
+                raise ValueError(f"config file {path} could not be run ({_short(e)})") from None
         finally:
             sys.path.remove(directory)
         return module, path
@@ -85,19 +85,25 @@ def load_config(name_or_path: str = "digits", overrides: Sequence[str] = ()):
             raise ValueError(f"config {where} defines no get_config()")
         try:
             config = module.get_config()
-        except Exception as e:
-            raise ValueError(f"get_config() of {where} failed ({type(e).__name__}: {e})") from e
+        except (Exception, SystemExit) as e:
+            raise ValueError(f"get_config() of {where} failed ({_short(e)})") from None
         config = from_dict(config, f"get_config() of {where}")
     apply_overrides(config, overrides)
     validate(config)
     return config
 
 
+def _short(e: BaseException) -> str:
+    """An exception from user code as ``Type: message`` on one line, at most 200 characters."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def from_dict(value, where: str = "the config") -> ml_collections.ConfigDict:
-    """A ConfigDict from a ConfigDict (returned as it is) or a plain dict of the keys it sets (merged
-    into :func:`get_default`, as a saved ``config.json`` or a ``get_config()`` returning a dict)."""
+    """A ConfigDict from a ConfigDict or a plain dict of the keys it sets, merged into
+    :func:`get_default` (as a saved ``config.json``, or a ``get_config()`` that sets some sections)."""
     if isinstance(value, ml_collections.ConfigDict):
-        return value
+        value = value.to_dict()
     if not isinstance(value, dict):
         raise ValueError(f"{where} gave a {type(value).__name__}; expected an ml_collections.ConfigDict "
                          "(start from diffjax.configs.get_default()) or a dict of its keys")
@@ -128,7 +134,9 @@ def _unknown_keys(value: dict, schema: dict, prefix: str = "") -> str:
 def _unknown_key_message(dotted: str, schema) -> str:
     leaf = dotted.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(leaf, list(schema.keys()), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys there: {', '.join(sorted(schema.keys()))}"
+    keys = sorted(schema.keys())
+    listed = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys there: {listed}"
     return f"unknown config key {dotted!r}{hint}"
 
 
@@ -146,8 +154,11 @@ def validate(config) -> None:
                 valid = network_options(network) if network in NETWORKS else None
                 for option in value.keys():
                     if valid is not None and option not in valid:
+                        close = difflib.get_close_matches(option, list(valid), n=1)
+                        hint = (f"did you mean {close[0]!r}?" if close else "valid: " + ", ".join(list(valid)[:8])
+                                + (f" and {len(valid) - 8} more" if len(valid) > 8 else ""))
                         raise ValueError(f"unknown option {option!r} for network {network!r} (config key "
-                                         f"'model.options.{option}'); valid options: {', '.join(valid)}")
+                                         f"'model.options.{option}'); {hint}")
                     _check_finite(f"model.options.{option}", value[option])
                 continue
             if key not in ref:
@@ -161,8 +172,40 @@ def validate(config) -> None:
             _check_type(dotted, value, expected)
             if dotted not in _MAY_BE_INFINITE:
                 _check_finite(dotted, value)
+            if dotted in _RANGES:
+                ok, wanted = _RANGES[dotted]
+                if not ok(value):
+                    raise ValueError(f"config key {dotted!r} must be {wanted}; got {value!r}")
 
     walk(config, get_default(), "")
+
+
+# value ranges checked by validate (what the code downstream would otherwise reject late or misuse)
+_RANGES = {
+    "seed": (lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"),
+    "training.batch_size": (lambda v: v >= 1, ">= 1"),
+    "training.n_iters": (lambda v: v >= 0, ">= 0"),
+    "training.n_jitted_steps": (lambda v: v >= 1, ">= 1"),
+    "training.log_freq": (lambda v: v >= 1, ">= 1"),
+    "training.snapshot_freq": (lambda v: v >= 1, ">= 1"),
+    "training.keep_last": (lambda v: v >= 1, ">= 1 (the newest checkpoint is always kept)"),
+    "training.keep_period": (lambda v: v >= 0, ">= 0 (0: none extra)"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.warmup": (lambda v: v >= 0, ">= 0"),
+    "optim.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.eps": (lambda v: v > 0, "> 0"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "model.ema_rate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "sampling.num_steps": (lambda v: 1 <= v <= 10 ** 6, "in [1, 10**6]"),
+    "sampling.langevin_steps": (lambda v: 1 <= v <= 10 ** 4, "in [1, 10**4]"),
+    "sampling.num_samples": (lambda v: 0 <= v <= 10 ** 7, "in [0, 10**7] (0: no samples at the end)"),
+    "sampling.batch_size": (lambda v: v >= 1, ">= 1"),
+    "sampling.order": (lambda v: 0 <= v <= 3, "0 (the sampler's default), 1, 2 or 3"),
+    "eval.bpd_num_examples": (lambda v: v >= 0, ">= 0"),
+    "eval.bpd_rtol": (lambda v: v > 0, "> 0"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "parallel.fsdp": (lambda v: v >= 1, ">= 1"),
+}
 
 
 def _check_type(dotted: str, value, expected) -> None:
@@ -232,9 +275,47 @@ def apply_overrides(config, overrides: Sequence[str]) -> None:
             raise ValueError(f"config key {dotted!r}: cannot set {raw!r} ({e})") from None
 
 
+# keys and values renamed since a run could have been saved: (section, old key) -> new key, and values
+_RENAMED_KEYS = {("sampling", "n_steps"): "num_steps", ("sampling", "n_steps_each"): "langevin_steps"}
+_RENAMED_VALUES = {("training", "fp_divergence"): {"hutchinson": "rademacher"}}
+
+
+def _migrate(saved: dict) -> dict:
+    """A saved config with the keys and values diffjax 0.2 renamed given their new names."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for (section, old), new in _RENAMED_KEYS.items():
+        if isinstance(out.get(section), dict) and old in out[section] and new not in out[section]:
+            out[section][new] = out[section].pop(old)
+    for (section, key), mapping in _RENAMED_VALUES.items():
+        value = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
+        if isinstance(value, str) and value in mapping:
+            out[section][key] = mapping[value]
+    return out
+
+
+def set_sampling(config, options: dict) -> None:
+    """Set typed values of ``config.sampling``'s keys in place (the ``diffjax sample`` flags): an unknown
+    key or a value of the wrong type is a one-line ValueError naming it."""
+    for key, value in options.items():
+        if key not in config.sampling:
+            raise ValueError(_unknown_key_message(f"sampling.{key}", config.sampling))
+        current = config.sampling[key]
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(current, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = repr(value)  # sampling.teleport takes "auto", "off" or a number as text
+        try:
+            config.sampling[key] = value
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"sampling.{key}: cannot set {value!r} ({' '.join(str(e).split())[:120]})") from None
+
+
 def with_defaults(saved: dict) -> dict:
     """A saved config (a plain dict) with the keys that newer versions of the schema added filled in
-    from :func:`get_default`, so runs saved before a key existed load and resume unchanged."""
+    from :func:`get_default`, and the keys later renamed given their new names, so runs saved before
+    load and resume unchanged."""
+    saved = _migrate(saved)
+
     def merge(default: dict, value: dict) -> dict:
         out = dict(default)
         for k, v in value.items():

@@ -18,5 +18,5 @@ def get_config():
     c.optim.lr = 1e-4
     c.model.ema_rate = 0.9999
     s = c.sampling
-    s.method, s.predictor, s.corrector, s.n_steps = "pc", "ancestral_sampling", "none", 4000
+    s.method, s.predictor, s.corrector, s.num_steps = "pc", "ancestral_sampling", "none", 4000
     return c

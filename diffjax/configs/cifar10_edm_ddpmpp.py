@@ -19,5 +19,5 @@ def get_config():
     c.optim.lr, c.optim.warmup = 1e-3, 19_531   # 10 Mimg ramp-up
     c.data.random_flip = True
     s = c.sampling
-    s.method, s.grid, s.n_steps = "edm_heun", "karras", 18
+    s.method, s.grid, s.num_steps = "edm_heun", "karras", 18
     return c

@@ -30,7 +30,7 @@ def get_default():
     t.fp_weight = 0.0           # continuous DSM: weight of the Fokker-Planck residual regulariser (0: off)
     t.fp_time_weighting = "sigma4_g4"  # its weight per t: none | g4 (1/g^4) | sigma4 | sigma4_g4 (sigma^4/g^4)
     t.fp_num_examples = 0       # examples of each batch it is computed on (third-order autodiff; 0: all)
-    t.fp_divergence = "hutchinson"  # grad(div s): hutchinson (two probes, unbiased) | exact (small d)
+    t.fp_divergence = "rademacher"  # grad(div s): rademacher (Hutchinson, two probes, unbiased) | exact (small d)
 
     c.sde = s = ml_collections.ConfigDict()
     s.name = "vesde"            # vesde | vpsde | subvpsde | edm | cosine | rectified_flow | interpolant | pfgmpp
@@ -75,8 +75,8 @@ def get_default():
     sa.predictor = "reverse_diffusion"
     sa.corrector = "langevin"
     sa.snr = 0.16
-    sa.n_steps_each = 1         # corrector steps per time step ("pc")
-    sa.n_steps = 1000           # time steps of fixed-step samplers
+    sa.langevin_steps = 1         # corrector steps per time step ("pc")
+    sa.num_steps = 1000           # time steps of fixed-step samplers
     sa.grid = "uniform"         # samplers.TIME_GRIDS name, or "fitted" (to the data's Gaussian)
     sa.order = 0                # unipc / dpmpp_3m order (0: the sampler's default)
     sa.teleport = "off"         # off | auto | kappa: Gaussian teleport to sigma_hat = kappa sqrt(lam_max)

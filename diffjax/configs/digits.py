@@ -36,7 +36,7 @@ def get_config():
     s = c.sampling
     s.method = "dpmpp_2m_sde"
     s.grid = "log_snr"
-    s.n_steps = 50
+    s.num_steps = 50
     s.num_samples = 100
     c.eval.bpd_num_examples = 128
     c.eval.bpd_rtol = 1e-4

@@ -10,6 +10,6 @@ def get_config():
     c.sde.name = "pfgmpp"
     c.sde.pfgmpp_D = 128.0
     c.sampling.method = "edm_heun"
-    c.sampling.n_steps = 25            # 50 score evaluations, as the other digits jobs
+    c.sampling.num_steps = 25            # 50 score evaluations, as the other digits jobs
     c.eval.bpd_num_examples = 0
     return c

@@ -27,7 +27,7 @@ def get_config():
     s = c.sampling
     s.method = "dpmpp_2m"
     s.grid = "log_snr"
-    s.n_steps = 50
+    s.num_steps = 50
     s.num_samples = 2000
     c.eval.bpd_num_examples = 256   # NLL (nats) of fresh points, beside a fitted Gaussian
     c.eval.bpd_rtol = 1e-5

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models.layers import default_init
+from diffjax.models.layers import default_init, get_activation
 from diffjax.score import PREDICTIONS
 
 Array = jax.Array
@@ -120,3 +120,16 @@ def class_embedding(owner: str, num_classes: int, class_labels: Optional[Array],
                          f"{jnp.asarray(class_labels).dtype} {jnp.shape(class_labels)}")
     return nn.Embed(num_classes + 1, features, dtype=dtype, param_dtype=param_dtype,
                     name="class_embedding")(class_labels)
+
+
+class UNetParts:
+    """What the U-Nets (NCSN++/DDPM++, DDPM) share beyond their options: the total down-sampling
+    factor, and the opening of ``__call__`` (the input checks, the activation, the dtype keywords)."""
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def _open(self, x: Array, time_labels: Array) -> tuple[Any, dict]:
+        check_inputs(type(self).__name__, x, time_labels, self.downsampling_factor)
+        return get_activation(self.nonlinearity), dict(dtype=self.dtype, param_dtype=self.param_dtype)

@@ -146,7 +146,7 @@ def classifier_logits_model(module: nn.Module, sde, *, train: bool = False):
     continuous = bool(getattr(module, "continuous", True))
 
     def logits_model(params, x, t, dropout_key=None):
-        labels = time_labels(sde, t, continuous)
+        labels = time_labels(sde, t, "score_sde" if continuous else "index")
         rngs = {"dropout": dropout_key} if (train and dropout_key is not None) else None
         return module.apply(params, x, labels, train=train, rngs=rngs)
 

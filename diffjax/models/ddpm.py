@@ -32,7 +32,7 @@ __all__ = ["DDPM"]
 _GROUPS = 32
 
 
-class DDPM(nn.Module):
+class DDPM(_common.UNetParts, nn.Module):
     """DDPM U-Net. x (B, H, W, C), time_labels (B,) -> (B, H, W, C) float32.
 
     Time is read through a sinusoidal embedding of the label (the DDPM step index, or 999 t).
@@ -62,17 +62,10 @@ class DDPM(nn.Module):
         _common.check_output_options(self)
         super().__post_init__()
 
-    @property
-    def downsampling_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
     @nn.compact
     def __call__(self, x: Array, time_labels: Array, class_labels: Optional[Array] = None,
                  train: bool = False) -> Array:
-        owner = type(self).__name__
-        _common.check_inputs(owner, x, time_labels, self.downsampling_factor)
-        act = get_activation(self.nonlinearity)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        act, kw = self._open(x, time_labels)
         nf, n_levels = self.nf, len(self.ch_mult)
 
         emb = sinusoidal_embedding(time_labels, nf) if self.conditional else None

@@ -320,49 +320,43 @@ class Combine(nn.Module):
         raise ValueError(f"unknown combine method {self.method!r}; expected 'cat' or 'sum'")
 
 
-class Upsample(nn.Module):
+class _Resample(nn.Module):
+    """Shared fields of :class:`Upsample` and :class:`Downsample` (FIR or plain, with or without a convolution)."""
+
+    out_ch: Optional[int] = None
+    with_conv: bool = False
+    fir: bool = False
+    fir_kernel: Sequence[int] = (1, 3, 3, 1)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _resample(self, x: Array, up: bool) -> Array:
+        out_ch = self.out_ch or x.shape[-1]
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.fir:
+            if self.with_conv:
+                return FIRConv(out_ch, up=up, down=not up, fir_kernel=self.fir_kernel, **kw)(x)
+            return (resample.upsample_2d if up else resample.downsample_2d)(x, self.fir_kernel)
+        if up:
+            h = resample.naive_upsample_2d(x)
+            return conv3x3(out_ch, **kw)(h) if self.with_conv else h
+        return conv3x3(out_ch, stride=2, **kw)(x) if self.with_conv else resample.naive_downsample_2d(x)
+
+
+class Upsample(_Resample):
     """x2 upsampling: FIR (``fir``) or nearest-neighbour, with or without a 3x3 convolution to ``out_ch``."""
 
-    out_ch: Optional[int] = None
-    with_conv: bool = False
-    fir: bool = False
-    fir_kernel: Sequence[int] = (1, 3, 3, 1)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        out_ch = self.out_ch or x.shape[-1]
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        if self.fir:
-            if self.with_conv:
-                return FIRConv(out_ch, up=True, fir_kernel=self.fir_kernel, **kw)(x)
-            return resample.upsample_2d(x, self.fir_kernel)
-        h = resample.naive_upsample_2d(x)
-        return conv3x3(out_ch, **kw)(h) if self.with_conv else h
+        return self._resample(x, up=True)
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """/2 downsampling: FIR (``fir``) or plain (stride-2 3x3 convolution, or 2x2 average pooling)."""
 
-    out_ch: Optional[int] = None
-    with_conv: bool = False
-    fir: bool = False
-    fir_kernel: Sequence[int] = (1, 3, 3, 1)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        out_ch = self.out_ch or x.shape[-1]
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        if self.fir:
-            if self.with_conv:
-                return FIRConv(out_ch, down=True, fir_kernel=self.fir_kernel, **kw)(x)
-            return resample.downsample_2d(x, self.fir_kernel)
-        if self.with_conv:
-            return conv3x3(out_ch, stride=2, **kw)(x)
-        return resample.naive_downsample_2d(x)
+        return self._resample(x, up=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ class MLPScoreNet(nn.Module):
         _common.check_output_options(self)
         super().__post_init__()
 
+    @property
+    def label_domain(self) -> str:
+        """"positive" when the time embedding takes log(label) (Fourier), else "any"."""
+        return "positive" if self.embedding_type == "fourier" else "any"
+
     @nn.compact
     def __call__(self, x: Array, labels: Array, class_labels: Optional[Array] = None, train: bool = False) -> Array:
         del train  # no dropout

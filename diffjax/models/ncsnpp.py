@@ -42,7 +42,7 @@ COMBINE = ("sum", "cat")
 EMBEDDINGS = ("fourier", "positional")
 
 
-class NCSNpp(nn.Module):
+class NCSNpp(_common.UNetParts, nn.Module):
     """NCSN++ / DDPM++ U-Net. x (B, H, W, C), time_labels (B,) -> (B, H, W, C) float32.
 
     Options (the paper's): ``nf`` base width; ``ch_mult`` width multiplier per resolution (H must be
@@ -104,16 +104,14 @@ class NCSNpp(nn.Module):
         super().__post_init__()
 
     @property
-    def downsampling_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
+    def label_domain(self) -> str:
+        """"positive" when the time embedding takes log(label) (Fourier), else "any"."""
+        return "positive" if self.embedding_type == "fourier" else "any"
 
     @nn.compact
     def __call__(self, x: Array, time_labels: Array, class_labels: Optional[Array] = None,
                  train: bool = False) -> Array:
-        owner = type(self).__name__
-        _common.check_inputs(owner, x, time_labels, self.downsampling_factor)
-        act = get_activation(self.nonlinearity)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        act, kw = self._open(x, time_labels)
         nf, n_levels = self.nf, len(self.ch_mult)
         channels = x.shape[-1]
 

@@ -14,9 +14,10 @@ from diffjax.models.mlp import MLPScoreNet
 from diffjax.models.ncsnpp import NCSNpp
 from diffjax.models.ncsnv2 import NCSNv2
 from diffjax.score import ModuleApply, ScoreModel, make_score_model
-from diffjax.sde import SDE
+from diffjax.processes import SDE
 
-__all__ = ["NETWORKS", "PRESETS", "network_options", "get_model", "init_params", "network_score_model", "TrainModeApply"]
+__all__ = ["NETWORKS", "PRESETS", "network_options", "get_model", "init_params", "network_score_model", "network_labels",
+           "TrainModeApply"]
 
 Array = jax.Array
 
@@ -117,5 +118,12 @@ def network_score_model(module, sde: SDE, *, train: bool = False, sigma_data: fl
     ``dropout_key`` keyword, which the losses supply with ``rng_kwarg="dropout_key"``.
     """
     apply_fn = TrainModeApply(module) if train else ModuleApply(module)
-    return make_score_model(apply_fn, sde, prediction=module.prediction, continuous=module.continuous,
-                            scale_by_sigma=bool(module.scale_by_sigma), sigma_data=sigma_data)
+    return make_score_model(apply_fn, sde, prediction=module.prediction, labels=network_labels(module),
+                            continuous=module.continuous, scale_by_sigma=bool(module.scale_by_sigma),
+                            sigma_data=sigma_data)
+
+
+def network_labels(module) -> str:
+    """The time labels a diffjax network reads: the original's per-process map ("score_sde") when
+    continuous, the discrete step "index" otherwise (see :data:`diffjax.score.LABELS`)."""
+    return "score_sde" if getattr(module, "continuous", True) else "index"

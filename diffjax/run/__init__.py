@@ -15,7 +15,6 @@ One concept a module: :mod:`~diffjax.run.build` (config to objects), :mod:`~diff
 """
 
 from diffjax.run.build import (
-    Sampler,
     build_loader,
     build_loss,
     build_model,
@@ -44,7 +43,7 @@ from diffjax.run.logging import MetricLogger, plot_training_curves, read_metrics
 from diffjax.run.train import RESUMABLE_CHANGES, ConfigMismatchError, NonFiniteLossError, config_differences, train
 
 __all__ = [
-    "Sampler", "build_loader", "build_loss", "build_model", "build_optimizer", "build_sampler", "build_sde",
+    "build_loader", "build_loss", "build_model", "build_optimizer", "build_sampler", "build_sde",
     "data_levels", "data_range", "example_shape", "init_state", "is_toy", "model_batch",
     "evaluate", "evaluate_fp_residual", "format_fp_residual", "evaluate_likelihood", "format_evaluation",
     "format_likelihood", "gaussian_baseline",

@@ -4,21 +4,18 @@ config names. Nothing here trains, and the only file written is a run's Gaussian
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import os
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diffjax import data, guidance, losses, models, samplers, training
-from diffjax.sde import (EDM, PFGMPP, PROCESSES, SDE, CosineVP, OneSidedInterpolant, RectifiedFlow, SubVPSDE, VESDE,
-                         VPSDE)
+from diffjax.processes import (EDM, PFGMPP, PROCESSES, SDE, CosineVP, NoiseLevelTime, OneSidedInterpolant, RectifiedFlow,
+                               SubVPSDE, VESDE, VPSDE)
 
-__all__ = ["LOSSES", "loss_name", "build_sde", "build_model", "build_loader", "build_loss", "build_optimizer", "build_sampler", "Sampler", "GRIDS",
+__all__ = ["LOSSES", "loss_name", "build_sde", "build_model", "build_loader", "build_loss", "build_optimizer", "build_sampler",
            "data_gaussian_fit",
            "init_state", "model_batch", "is_toy", "data_range", "data_levels", "example_shape"]
 
@@ -27,7 +24,7 @@ def build_sde(config) -> SDE:
     """The process ``config.sde.name`` (see :data:`diffjax.sde.PROCESSES`) with the config's parameters."""
     s = config.sde
     name = s.name
-    t_max = {"t_max": float(s.t_max)} if s.get("t_max", 0.0) else {}
+    t_max = {"t_max": s.t_max} if s.get("t_max", 0.0) else {}
     if name == "vesde":
         return VESDE(sigma_min=s.sigma_min, sigma_max=s.sigma_max, N=s.num_scales)
     if name == "vpsde":
@@ -35,17 +32,18 @@ def build_sde(config) -> SDE:
     if name == "subvpsde":
         return SubVPSDE(beta_min=s.beta_min, beta_max=s.beta_max, N=s.num_scales)
     if name == "edm":
-        return EDM(sigma_min=float(s.sigma_min), sigma_max=float(s.sigma_max), N=s.num_scales)
+        return EDM(sigma_min=s.sigma_min, sigma_max=s.sigma_max, N=s.num_scales)
     if name == "pfgmpp":
-        return PFGMPP(sigma_min=float(s.sigma_min), sigma_max=float(s.sigma_max), N=s.num_scales, D=float(s.pfgmpp_D))
+        return PFGMPP(sigma_min=s.sigma_min, sigma_max=s.sigma_max, N=s.num_scales, D=s.pfgmpp_D)
     if name == "cosine":
-        return CosineVP(s=float(s.cosine_s), N=s.num_scales, **t_max)
+        return CosineVP(s=s.cosine_s, N=s.num_scales, **t_max)
     if name == "rectified_flow":
         return RectifiedFlow(N=s.num_scales, **t_max)
     if name == "interpolant":
         return OneSidedInterpolant(alpha=s.interpolant_alpha, gamma=s.interpolant_gamma,
-                                   gamma_scale=float(s.gamma_scale), N=s.num_scales, **t_max)
-    raise ValueError(f"unknown sde.name {name!r}; expected one of {sorted(PROCESSES)}")
+                                   gamma_scale=s.gamma_scale, N=s.num_scales, **t_max)
+    raise ValueError(f"unknown sde.name {name!r}; expected one of {sorted(set(PROCESSES) - {'custom'})} (a custom "
+                     "process needs a function: build it in Python)")
 
 
 LOSSES = ("dsm", "edm", "flow_matching")
@@ -56,7 +54,7 @@ def loss_name(config, sde: SDE) -> str:
     for rectified flow and the interpolants, denoising score matching otherwise."""
     name = config.training.get("loss", "auto")
     if name == "auto":
-        if isinstance(sde, EDM):
+        if isinstance(sde, NoiseLevelTime):
             return "edm"
         return "flow_matching" if isinstance(sde, (RectifiedFlow, OneSidedInterpolant)) else "dsm"
     if name not in LOSSES:
@@ -156,7 +154,7 @@ def build_loss(config, sde, model):
 def _fp_options(t) -> dict:
     """The DSM loss's Fokker–Planck options from ``training.fp_*`` (configs saved before they existed: off)."""
     return dict(fp_weight=float(t.get("fp_weight", 0.0)), fp_time_weighting=t.get("fp_time_weighting", "sigma4_g4"),
-                fp_num_examples=int(t.get("fp_num_examples", 0)), fp_divergence=t.get("fp_divergence", "hutchinson"))
+                fp_num_examples=int(t.get("fp_num_examples", 0)), fp_divergence=t.get("fp_divergence", "rademacher"))
 
 
 def build_optimizer(config):
@@ -176,40 +174,6 @@ def model_batch(batch: dict, conditional: bool) -> dict:
     if conditional:
         out["class_labels"] = batch["label"]
     return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampler:
-    """How a run draws samples, as a value (compiled once per equal sampler): ``step`` on ``n_steps``
-    updates of the time grid ``grid``, or the adaptive probability-flow ODE when ``step`` is None.
-    ``timesteps`` (a tuple) fixes the grid when it was computed ahead (fitted grids, teleportation);
-    ``fit`` and ``t_skip``: teleport x_init from T to t_skip by the data's Gaussian flow first.
-    ``sampler(score_fn, keys, x_init) -> SampleResult``."""
-
-    sde: SDE
-    step: Optional[samplers.Step]
-    grid: str = "uniform"
-    n_steps: int = 1000
-    denoise: bool = True
-    ode_rtol: float = 1e-5
-    timesteps: Optional[tuple] = None
-    fit: Any = dataclasses.field(default=None, compare=False)
-    t_skip: Optional[float] = None
-    fit_digest: str = ""  # stands for ``fit`` in comparisons (its arrays are not hashable)
-
-    def __call__(self, score_fn, keys, x_init):
-        if self.step is None:
-            return samplers.ode_sample(self.sde, score_fn, keys, x_init, rtol=self.ode_rtol, atol=self.ode_rtol)
-        if self.timesteps is not None:
-            ts = jnp.asarray(self.timesteps, jnp.float32)
-        else:
-            ts = samplers.TIME_GRIDS[self.grid](self.sde, self.n_steps)
-        if self.t_skip is not None:
-            x_init = samplers.gaussian_teleport(self.sde, x_init, self.sde.T, self.t_skip, self.fit)
-        return samplers.sample(self.step, score_fn, keys, x_init, ts, denoise=self.denoise)
-
-
-GRIDS = (*samplers.TIME_GRIDS, "fitted")
 
 
 def data_gaussian_fit(config, workdir: str = "", rank: int = 256, log=None) -> samplers.GaussianFit:
@@ -244,64 +208,12 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _teleport_kappa(value) -> Optional[float]:
-    """sampling.teleport: "off" (or "", 0), "auto" (the rule of the number of evaluations) or kappa > 0."""
-    if value in (None, "", "off", 0, 0.0, False):
-        return None
-    if value == "auto":
-        return -1.0
-    try:
-        kappa = float(value)
-    except (TypeError, ValueError):
-        kappa = float("nan")
-    if not kappa > 0:
-        raise ValueError(f"sampling.teleport must be 'off', 'auto' or a positive kappa (sigma_skip / "
-                         f"sqrt(largest data variance)); got {value!r}")
-    return kappa
-
-
-def build_sampler(config, sde, workdir: str = "") -> Sampler:
-    """The :class:`Sampler` of ``config.sampling``.
-
-    ``method``: a :func:`diffjax.samplers.get_step` name on the ``grid`` with ``n_steps`` updates;
-    "pc" with ``predictor``, ``corrector`` ("none": the predictor alone), ``snr`` and
-    ``n_steps_each`` corrector steps; or "ode", the adaptive probability-flow ODE (``ode_rtol``).
-    ``order`` (> 0) sets the order of unipc / dpmpp_3m. ``grid="fitted"`` fits the grid to the
-    data's Gaussian (:func:`diffjax.samplers.fitted_timesteps`); ``teleport`` ("auto" or kappa)
-    teleports to t_skip (:func:`diffjax.samplers.teleport_t_skip`) and lays the grid below it. Both
-    use the run's Gaussian fit (:func:`data_gaussian_fit`, stored in ``workdir``).
-    """
+def build_sampler(config, sde, workdir: str = "") -> samplers.Sampler:
+    """The :class:`~diffjax.samplers.Sampler` of ``config.sampling`` (see
+    :func:`diffjax.samplers.make_sampler`, which says what every option means); the data's Gaussian fit
+    (for ``grid="fitted"`` and teleportation) is the run's stored one (:func:`data_gaussian_fit`)."""
     s = config.sampling
-    if s.method == "ode":
-        return Sampler(sde, None, ode_rtol=float(s.ode_rtol))
-    if s.grid not in GRIDS:
-        raise ValueError(f"unknown sampling.grid {s.grid!r}; expected one of {sorted(GRIDS)}")
-    kappa = _teleport_kappa(s.get("teleport", "off"))
-    order = int(s.get("order", 0))
-    if s.method == "pc" and s.corrector == "none":
-        step = samplers.get_step(s.predictor, sde)
-    elif s.method == "pc":
-        step = samplers.get_step("pc", sde, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
-                                 n_steps=s.n_steps_each)
-    elif order:
-        step = samplers.get_step(s.method, sde, order=order)
-    else:
-        step = samplers.get_step(s.method, sde)
-    if not isinstance(s.n_steps, int) or s.n_steps < 1:
-        raise ValueError(f"sampling.n_steps must be an integer >= 1; got {s.n_steps!r}")
-    if kappa is None and s.grid != "fitted":
-        return Sampler(sde, step, s.grid, int(s.n_steps), bool(s.noise_removal))
-    fit = data_gaussian_fit(config, workdir)
-    nfe = int(s.n_steps) * step.nfe + int(bool(s.noise_removal))
-    t_skip = None if kappa is None else samplers.teleport_t_skip(sde, fit, None if kappa < 0 else kappa, nfe=nfe)
-    if t_skip is not None and t_skip >= sde.T:
-        t_skip = None  # the rule says: no teleport at this many evaluations
-    t_max = sde.T if t_skip is None else t_skip
-    if s.grid == "fitted":
-        ts = samplers.fitted_timesteps(step, int(s.n_steps), fit, t_max=t_max, dtype=jnp.float32)
-    else:
-        ts = samplers.TIME_GRIDS[s.grid](sde, int(s.n_steps), t_max=t_max)
-    digest = hashlib.sha1(b"".join(np.ascontiguousarray(np.asarray(v, np.float64)).tobytes()
-                                   for v in (fit.mean, fit.eigvals, fit.eigvecs, fit.residual_var))).hexdigest()
-    return Sampler(sde, step, s.grid, int(s.n_steps), bool(s.noise_removal),
-                   timesteps=tuple(float(v) for v in np.asarray(ts)), fit=fit, t_skip=t_skip, fit_digest=digest)
+    return samplers.make_sampler(
+        sde, s.method, num_steps=s.num_steps, grid=s.grid, order=int(s.get("order", 0)), predictor=s.predictor,
+        corrector=s.corrector, snr=s.snr, langevin_steps=s.langevin_steps, teleport=s.get("teleport", "off"),
+        denoise=bool(s.noise_removal), ode_rtol=s.ode_rtol, fit=lambda: data_gaussian_fit(config, workdir))

@@ -72,7 +72,7 @@ def evaluate_likelihood(run: Run, key, split: str = "test", num: Optional[int] =
     on the same examples. A class-conditional network is scored unconditionally (its "no class" label)."""
     config = run.config
     num = num or config.eval.bpd_num_examples or 256
-    rtol = float(rtol or config.eval.bpd_rtol)
+    rtol = float(config.eval.bpd_rtol if rtol is None else rtol)
     x, levels = _eval_data(config, split, num)
     num = len(x)
     batch, total = plan_batches(num, batch_size or config.eval.batch_size, run.mesh)
@@ -194,7 +194,7 @@ def evaluate_fp_residual(run: Run, key, split: str = "test", num: int = 256, tim
     at each t of ``times`` (default :data:`FP_TIMES` x T), x_t ~ q_t(. | x0) for the first ``num``
     examples x0 of ``split`` (images at their bin centres), rms |R| over the examples beside rms
     |g^2 s|, the size of the diffusion term R is compared with; ``relative`` is their ratio (0 for
-    an exact score). ``divergence``: "exact" (default for d <= 16) or "hutchinson" (two probes,
+    an exact score). ``divergence``: "exact" (default for d <= 16) or "rademacher" (two probes,
     unbiased |R|^2; default above)."""
     config = run.config
     x, levels = _eval_data(config, split, num)
@@ -202,7 +202,7 @@ def evaluate_fp_residual(run: Run, key, split: str = "test", num: int = 256, tim
     if levels is not None:
         x = data.levels_to_model(x, levels, data_range(config))
     d = int(np.prod(x.shape[1:]))
-    divergence = divergence or ("exact" if d <= 16 else "hutchinson")
+    divergence = divergence or ("exact" if d <= 16 else "rademacher")
     ts = np.asarray(FP_TIMES if times is None else times, np.float32) * (1.0 if times is not None else run.sde.T)
     score_fn = run_score_fn(run, unconditional=True)
     out = jax.device_get(_fp_profile(run.sde, score_fn, key, jnp.asarray(x, jnp.float32), jnp.asarray(ts),

@@ -80,23 +80,21 @@ def generate(run: Run, key, num: int, batch_size: Optional[int] = None, class_la
         labels = np.arange(total) % num_classes if class_labels is None else np.resize(np.asarray(class_labels), total)
     else:
         labels = np.zeros(total, np.int32)
-    sharding = parallel.batch_sharding(run.mesh)
-    all_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
-    out, nfe, failed = [], 0, []
-    for i in progress_range(range(0, total, batch), progress, "sample"):
-        keys = jax.device_put(all_keys[i:i + batch], sharding)
-        y = jax.device_put(jnp.asarray(labels[i:i + batch], jnp.int32), sharding)
-        score_fn = run_score_fn(run, y if num_classes else None, w)
-        x, n, f = _draw(sampler, score_fn, keys, example_shape(config), run.mesh)
-        out.append(np.asarray(x))
-        failed.append(np.asarray(f))
-        nfe = max(nfe, int(n))
-    failed = np.concatenate(failed)[:num]
+    shape = example_shape(config)
+
+    def draw(i, keys):
+        y = jax.device_put(jnp.asarray(labels[i:i + batch], jnp.int32), parallel.batch_sharding(run.mesh))
+        x, n, f = _draw(sampler, run_score_fn(run, y if num_classes else None, w), keys, shape, run.mesh)
+        return np.asarray(x), np.asarray(f), int(n)
+
+    out, failed, nfes = _over_batches(draw, key, total, batch, run.mesh, progress, "sample")
+    nfe = max(nfes)
+    failed = failed[:num]
     if check_finite and np.any(failed >= 0):
         raise NonFiniteError(f"{int(np.sum(failed >= 0))} of {num} samples ({config.sampling.method}) became NaN or "
                              f"Inf, the first at update {int(failed[failed >= 0].min())}: the run's score is "
                              "non-finite there (a diverged run?); nothing was written")
-    return np.concatenate(out)[:num].astype(np.float32), nfe
+    return out[:num].astype(np.float32), nfe
 
 
 def _check_superposable(runs) -> None:
@@ -119,11 +117,11 @@ def _check_superposable(runs) -> None:
             raise ValueError("superposition takes unconditional runs; got a class-conditional network")
 
 
-def superpose(runs, key, num: int, mode: str = "or", *, weights=None, temperature: float = 1.0, n_steps: int = 1000,
+def superpose(runs, key, num: int, mode: str = "or", *, weights=None, temperature: float = 1.0, num_steps: int = 1000,
               grid: str = "uniform", ode: bool = False, batch_size: Optional[int] = None, progress: bool = False):
     """``num`` samples of the superposition of trained ``runs`` (SuperDiff OR: the mixture of their
     distributions with ``weights`` and ``temperature``; AND: where their densities are equal), by
-    :func:`diffjax.superposition.superposition_sample` on ``n_steps`` updates of ``grid``.
+    :func:`diffjax.superposition.superposition_sample` on ``num_steps`` updates of ``grid``.
 
     Example i uses ``fold_in(key, i)``, as :func:`generate`. Returns ``(x, log_q, kappa, nfe)``: samples
     in the model's data range (num, ...), each model's tracked log-density (M, num) and the last step's
@@ -135,24 +133,33 @@ def superpose(runs, key, num: int, mode: str = "or", *, weights=None, temperatur
     if grid not in samplers.TIME_GRIDS:
         raise ValueError(f"unknown grid {grid!r} for superposition; expected one of {sorted(samplers.TIME_GRIDS)}")
     sde = runs[0].sde
-    ts = samplers.TIME_GRIDS[grid](sde, int(n_steps))
+    ts = samplers.TIME_GRIDS[grid](sde, int(num_steps))
     batch, total = plan_batches(num, batch_size or runs[0].config.sampling.batch_size, runs[0].mesh)
-    sharding = parallel.batch_sharding(runs[0].mesh)
     score_fns = [run_score_fn(r) for r in runs]
     shape = example_shape(runs[0].config)
-    all_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
-    xs, lqs, kappas, nfe = [], [], [], 0
-    for i in progress_range(range(0, total, batch), progress, "superpose"):
-        keys = jax.device_put(all_keys[i:i + batch], sharding)
+
+    def draw(i, keys):
         x_init = jax.vmap(lambda k: samplers.prior_sample(sde, k, (1, *shape))[0])(keys)
         r = superposition.superposition_sample(
             sde, score_fns, keys, x_init, ts, mode=mode, weights=weights, temperature=temperature, ode=ode)
-        xs.append(np.asarray(r.x))
-        lqs.append(np.asarray(r.logp))
-        kappas.append(np.asarray(r.kappa))
-        nfe = int(r.nfe[0])
-    return (np.concatenate(xs)[:num].astype(np.float32), np.concatenate(lqs, 1)[:, :num].astype(np.float32),
-            np.concatenate(kappas, 1)[:, :num].astype(np.float32), nfe)
+        return np.asarray(r.x), np.asarray(r.logp).T, np.asarray(r.kappa).T, int(r.nfe[0])
+
+    x, log_q, kappa, nfes = _over_batches(draw, key, total, batch, runs[0].mesh, progress, "superpose")
+    return (x[:num].astype(np.float32), log_q[:num].T.astype(np.float32), kappa[:num].T.astype(np.float32),
+            nfes[0])
+
+
+def _over_batches(draw, key, total: int, batch: int, mesh, progress: bool, label: str):
+    """Run ``draw(i, keys)`` on each batch of ``total`` examples, example i with key ``fold_in(key, i)``
+    (so results do not depend on the batch size), keys sharded over ``mesh``; each output of ``draw``
+    but the last (arrays with the example first) concatenated, the last (an int) listed per batch."""
+    sharding = parallel.batch_sharding(mesh)
+    all_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
+    parts = []
+    for i in progress_range(range(0, total, batch), progress, label):
+        parts.append(draw(i, jax.device_put(all_keys[i:i + batch], sharding)))
+    *arrays, last = zip(*parts)
+    return (*(np.concatenate(a) for a in arrays), list(last))
 
 
 def to_unit_range(config, x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 
 from diffjax import checkpoint, parallel
-from diffjax.configs import apply_overrides, validate, with_defaults
+from diffjax.configs import apply_overrides, set_sampling, validate, with_defaults
 from diffjax.run import files
 from diffjax.run.build import build_model, build_optimizer, build_sde, example_shape, init_state
 
@@ -32,15 +32,20 @@ class Run:
     workdir: str = ""
 
 
-def restore_state(workdir: str, step: Optional[int] = None, config_overrides=None):
+def restore_state(workdir: str, step: Optional[int] = None, config_overrides=None, sampling: Optional[dict] = None):
     """(config, state, data_state, step) of ``workdir``'s latest checkpoint (or ``step``): the whole
-    train state, replicated over all devices, and the config saved with it (then ``config_overrides``,
-    dotted ``key=value`` strings, applied)."""
+    train state, replicated over all devices, and the config saved with it, then ``config_overrides``
+    (dotted ``key=value`` strings) and ``sampling`` (typed values of ``config.sampling``'s keys) applied."""
+    if not workdir:
+        raise ValueError("--workdir is empty; give the directory of a run")
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints in {workdir} (expected {directory}); train first with "
                                 f"`diffjax train --workdir {workdir}`")
-    marker = files.read_marker(workdir) or {}
+    marker = files.read_marker(workdir)
+    if marker is None:
+        raise ValueError(f"{workdir} is not a diffjax run (no {files.MARKER}, and its checkpoints are not "
+                         "diffjax's); give the --workdir of a run made by `diffjax train`")
     ckpt = checkpoint.Checkpointer(directory, digests_from=marker.get("digests_from", None if not marker else 0))
     try:
         saved = ckpt.all_steps()
@@ -52,6 +57,7 @@ def restore_state(workdir: str, step: Optional[int] = None, config_overrides=Non
             raise checkpoint.CheckpointError(f"no checkpoint of step {step} in {directory}; saved steps: {sorted(saved)}")
         config = ml_collections.ConfigDict(with_defaults(ckpt.restore_config(step)))
         apply_overrides(config, config_overrides or ())
+        set_sampling(config, sampling or {})
         validate(config)
         init = functools.partial(init_state, build_model(config), build_optimizer(config), example_shape(config))
         abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -62,9 +68,9 @@ def restore_state(workdir: str, step: Optional[int] = None, config_overrides=Non
     return config, state, data_state, int(step)
 
 
-def load_run(workdir: str, step: Optional[int] = None, config_overrides=None) -> Run:
+def load_run(workdir: str, step: Optional[int] = None, config_overrides=None, sampling: Optional[dict] = None) -> Run:
     """A :class:`Run` with the EMA parameters of ``workdir``'s latest checkpoint (or ``step``); see
     :func:`restore_state`."""
-    config, state, _, step = restore_state(workdir, step, config_overrides)
+    config, state, _, step = restore_state(workdir, step, config_overrides, sampling)
     return Run(config=config, sde=build_sde(config), model=build_model(config), params=state.ema_params, step=step,
                mesh=parallel.make_mesh(1), workdir=workdir)

@@ -61,12 +61,21 @@ def progress_range(it: Iterable, enabled: bool, desc: str) -> Iterable:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The records of ``workdir/metrics.jsonl`` (empty if there is none)."""
+    """The records of ``workdir/metrics.jsonl`` (empty if there is none); lines that are not JSON objects
+    (another tool's, or one cut short by a crash) are skipped."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.isfile(path):
         return []
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def plot_training_curves(workdir: str, out: Optional[str] = None) -> Optional[str]:

@@ -139,13 +139,16 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
     _check_multiples(t)
     validate(config)
     main = parallel.is_main_process()
+    if not isinstance(workdir, str) or not workdir:
+        raise ValueError(f"--workdir is empty; give a directory (new or of this run); got {workdir!r}")
     workdir = os.path.abspath(workdir)
     files.claim_workdir(workdir, write=False)  # a folder of the user's files is refused before anything else
+    checkpoint.check_layout(os.path.join(workdir, "checkpoints"))
     mesh = parallel.make_mesh(config.parallel.fsdp)
     parallel.check_global_batch(t.batch_size, mesh)
     loader = build_loader(config, "train", t.batch_size // jax.process_count())  # a bad dataset fails before compiling
     sde, model = build_sde(config), build_model(config)
-    if finish and config.eval.bpd_num_examples > 0 and not sde.gaussian:
+    if finish and config.eval.bpd_num_examples > 0 and sde.kernel != "gaussian":
         raise ValueError(f"eval.bpd_num_examples must be 0 for {type(sde).__name__}: its likelihood is not "
                          "the Gaussian probability flow's (set --config.eval.bpd_num_examples=0)")
     conditional = bool(getattr(model, "num_classes", 0))
@@ -274,6 +277,9 @@ def _fall_back_to_intact(ckpt, workdir: str, main: bool, log) -> int:
     moved = [s for s in bad if s > newest]
     if main and moved:
         aside = os.path.join(workdir, "corrupt_checkpoints")
+        if os.path.lexists(aside) and not os.path.isdir(aside):
+            raise checkpoint.CheckpointError(f"--restore-intact moves corrupt steps to {aside}, which is a file; "
+                                             "move it away")
         os.makedirs(aside, exist_ok=True)
         for s in moved:
             target = os.path.join(aside, str(s))

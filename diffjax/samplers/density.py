@@ -43,40 +43,23 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from diffjax._jit import filter_jit
+from diffjax.numerics.arrays import expand_to, per_example_dot, time_dtype
+from diffjax.numerics.divergence import check_divergence, divergence, draw_probes
+from diffjax.processes import SDE
 from diffjax.results import DensityResult, raise_if_nonfinite
-from diffjax.samplers.base import (
-    Chain, Step, Wrapper, _per_example_keys, check_timesteps, check_x_init, scan_steps, sequenced, static_field, step_class,
-    time_dtype, with_num_steps,
-)
-from diffjax.samplers.fast import DDIM, DPMSolverPP2MSDE
-from diffjax.samplers.multistep import DPMSolverPP3MSDE
+from diffjax.samplers.base import Chain, Step, Wrapper, static_field, step_class
+from diffjax.samplers.driver import check_x_init, drive
 from diffjax.samplers.ode import probability_flow_drift
-from diffjax.samplers.predictors import AncestralSampling, EulerMaruyama, ReverseDiffusion
-from diffjax.sde import SDE, expand_to
 
 Array = jax.Array
 
-__all__ = [
-    "DENSITY_FORMS", "DIVERGENCES", "ito_log_density_increment", "kernel_log_density_increment",
-    "injects_forward_noise", "track_log_density", "TrackedLogDensity", "probability_flow_density",
-    "ProbabilityFlowDensity", "divergence", "sample_with_log_density",
-]
+__all__ = ["DENSITY_FORMS", "ito_log_density_increment", "kernel_log_density_increment", "track_log_density",
+           "probability_flow_density", "sample_with_log_density"]
 
 DENSITY_FORMS = ("euler", "kernel")
-DIVERGENCES = ("exact", "rademacher", "gaussian")
 
 _VALID = ("euler_maruyama (epsilon=None), reverse_diffusion, ancestral_sampling, ddim(eta=1), "
           "dpmpp_2m_sde, dpmpp_3m_sde(eta=1)")
-
-
-def _flat(v: Array) -> Array:
-    return jnp.reshape(v, (v.shape[0], -1))
-
-
-def _dot(u: Array, v: Array) -> Array:
-    """Per-example inner products <u, v>, shape (batch,)."""
-    return jnp.sum(_flat(u) * _flat(v), axis=1)
 
 
 def ito_log_density_increment(sde: SDE, x: Array, x_next: Array, score: Array, t: Array, t_next: Array) -> Array:
@@ -90,7 +73,7 @@ def ito_log_density_increment(sde: SDE, x: Array, x_next: Array, score: Array, t
     f, g = sde.drift_diffusion_coeffs(t)
     d = math.prod(x.shape[1:])
     dtau = t - t_next
-    return _dot(x_next - x, score) + (d * f + f * _dot(x, score) - 0.5 * g**2 * _dot(score, score)) * dtau
+    return per_example_dot(x_next - x, score) + (d * f + f * per_example_dot(x, score) - 0.5 * g**2 * per_example_dot(score, score)) * dtau
 
 
 def kernel_log_density_increment(sde: SDE, x: Array, x_next: Array, score: Array, t: Array, t_next: Array) -> Array:
@@ -106,25 +89,10 @@ def kernel_log_density_increment(sde: SDE, x: Array, x_next: Array, score: Array
     r = a_n / a_t
     s2 = jnp.maximum(s_t**2 - (s_n / r) ** 2, 0.0)
     d = math.prod(x.shape[1:])
-    return -d * jnp.log(r) + _dot(x_next / expand_to(r, x) - x, score) - 0.5 * s2 * _dot(score, score)
+    return -d * jnp.log(r) + per_example_dot(x_next / expand_to(r, x) - x, score) - 0.5 * s2 * per_example_dot(score, score)
 
 
 _INCREMENTS = {"euler": ito_log_density_increment, "kernel": kernel_log_density_increment}
-
-
-def injects_forward_noise(step: Step) -> bool:
-    """Whether ``step``'s injected noise has the forward process's own variance g² Δ (to first order),
-    which the Itô density estimator needs. A step of your own says so with ``forward_noise = True``."""
-    own = getattr(step, "forward_noise", None)
-    if own is not None:
-        return bool(own)
-    if isinstance(step, EulerMaruyama):
-        return step.epsilon is None
-    if isinstance(step, (ReverseDiffusion, AncestralSampling, DPMSolverPP2MSDE)):
-        return True
-    if isinstance(step, (DDIM, DPMSolverPP3MSDE)):
-        return float(step.eta) == 1.0
-    return False
 
 
 def _check_density_step(step: Step, what: str) -> None:
@@ -133,7 +101,7 @@ def _check_density_step(step: Step, what: str) -> None:
     if isinstance(step, Chain):
         raise ValueError(f"{what}: a chain ({step.name}) holds correctors or several steps; the Itô density estimator "
                          f"needs one step whose noise is the forward process's own: {_VALID}")
-    if not injects_forward_noise(step):
+    if not step.forward_noise:
         kind = ("a deterministic step" if not step.stochastic else
                 "a corrector (its noise is not the forward process's)" if not step.moves_time else
                 "a step whose noise is not the forward process's own g^2 dt")
@@ -144,7 +112,7 @@ def _check_density_step(step: Step, what: str) -> None:
 
 
 @step_class
-class TrackedLogDensity(Wrapper):
+class _TrackedLogDensity(Wrapper):
     """``step`` carrying the Itô estimate of log q along its path (see :func:`track_log_density`).
 
     State: (the step's own state, ℓ (batch,)), ℓ the sum of the increments so far. The step's single
@@ -174,59 +142,30 @@ class TrackedLogDensity(Wrapper):
             seen.append(s)
             return s
 
-        x_next, x_mean, inner = self.step.update(keys, x, inner, t, t_next, recording)
+        x_next, inner = self.step.update(keys, x, inner, t, t_next, recording)
         if len(seen) != 1:
             raise ValueError(f"track_log_density: {self.step.name} evaluated the score {len(seen)} times; expected once")
         dt = time_dtype(x)
         xs, xn, s = (v.astype(dt) for v in (x, x_next, seen[0]))
         ell = ell + _INCREMENTS[self.form](self.sde, xs, xn, s, t.astype(dt), t_next.astype(dt))
-        return x_next, x_mean, (inner, ell)
+        return x_next, (inner, ell)
 
     @staticmethod
     def log_density(state) -> Array:
         return state[1]
 
 
-def track_log_density(step: Step, form: str = "euler") -> TrackedLogDensity:
+def track_log_density(step: Step, form: str = "euler") -> _TrackedLogDensity:
     """``step`` with the Itô density estimator riding along (module docstring): the same samples, and
     in the state the running sum of log-density increments. ``form`` is "euler" or "kernel".
 
     Raises ValueError for steps it is wrong for (Langevin correctors, chains, deterministic steps,
     DDIM or DPM-Solver++(3M) SDE with eta ≠ 1, Euler–Maruyama with a noise level ε ≠ g²/2)."""
-    return TrackedLogDensity(step, form)
-
-
-def divergence(fn, x: Array, kind: str = "exact", probes: Optional[Array] = None) -> tuple[Array, Array]:
-    """(fn(x), ∇·fn(x)) for a batched map fn (batch, ...) -> (batch, ...), each example's output
-    depending on that example only. ``kind`` "exact": the trace of each example's Jacobian (d
-    forward-mode products); "rademacher" / "gaussian": Hutchinson's estimate mean_k v_kᵀ J v_k
-    over ``probes`` (n_probes, batch, ...)."""
-    if kind != "exact" and probes is not None and probes.shape[0] == 1:  # one probe: a plain JVP
-        out, jv = jax.jvp(fn, (x,), (probes[0],))
-        return out, jnp.sum((probes[0] * jv).reshape(x.shape[0], -1), axis=1)
-    out, jvp = jax.linearize(fn, x)
-    if kind == "exact":
-        d = math.prod(x.shape[1:])
-        basis = jnp.eye(d, dtype=x.dtype).reshape((d, 1) + x.shape[1:])
-        cols = jax.vmap(jvp)(jnp.broadcast_to(basis, (d,) + x.shape))  # (d, batch, ...)
-        return out, jnp.einsum("ibi->b", cols.reshape(d, x.shape[0], d))
-    if probes is None:
-        raise ValueError("a Hutchinson divergence needs probes of shape (n_probes, batch, ...)")
-    jv = jax.vmap(jvp)(probes)
-    return out, jnp.mean(jnp.sum((probes * jv).reshape(probes.shape[0], x.shape[0], -1), axis=2), axis=0)
-
-
-def draw_probes(keys: Array, x: Array, kind: str, n_probes: int) -> Optional[Array]:
-    """Hutchinson probes (n_probes, batch, ...) from per-example keys; None for the exact divergence."""
-    if kind == "exact":
-        return None
-    draw = jax.random.normal if kind == "gaussian" else jax.random.rademacher
-    p = jax.vmap(lambda k: draw(k, (n_probes,) + x.shape[1:], x.dtype))(keys)
-    return jnp.moveaxis(p, 1, 0)
+    return _TrackedLogDensity(step, form)
 
 
 @step_class
-class ProbabilityFlowDensity(Step):
+class _ProbabilityFlowDensity(Step):
     """Heun (or Euler) on the probability flow with log q carried along (see
     :func:`probability_flow_density`). State: ℓ (batch,), the running sum of ∫ -∇·v dt."""
 
@@ -239,10 +178,7 @@ class ProbabilityFlowDensity(Step):
     def __post_init__(self):
         if self.method not in ("heun", "euler"):
             raise ValueError(f"probability_flow_density method must be 'heun' or 'euler'; got {self.method!r}")
-        if self.divergence not in DIVERGENCES:
-            raise ValueError(f"unknown divergence {self.divergence!r}; expected one of {DIVERGENCES}")
-        if isinstance(self.n_probes, bool) or not isinstance(self.n_probes, int) or self.n_probes < 1:
-            raise ValueError(f"n_probes must be an integer >= 1; got {self.n_probes!r}")
+        check_divergence(self.divergence, self.n_probes)
         self.sde.require_gaussian("the probability-flow density")
 
     @property
@@ -267,10 +203,10 @@ class ProbabilityFlowDensity(Step):
         v1, l1 = field(x, t)
         x_euler = x + expand_to(h, x) * v1
         if self.method == "euler":
-            return x_euler, x_euler, state + h * l1
+            return x_euler, state + h * l1
         v2, l2 = field(x_euler, t_next)
         x_next = x + expand_to(0.5 * h, x) * (v1 + v2)
-        return x_next, x_next, state + 0.5 * h * (l1 + l2)
+        return x_next, state + 0.5 * h * (l1 + l2)
 
     @staticmethod
     def log_density(state) -> Array:
@@ -278,14 +214,14 @@ class ProbabilityFlowDensity(Step):
 
 
 def probability_flow_density(sde: SDE, method: str = "heun", divergence: str = "exact",
-                             n_probes: int = 1) -> ProbabilityFlowDensity:
+                             n_probes: int = 1) -> _ProbabilityFlowDensity:
     """A fixed-grid step on the probability flow dx/dt = f x - ½ g² s that carries log q along:
     dℓ/dt = -∇·v = -(d f - ½ g² ∇·s) (the deterministic counterpart of the Itô estimator; it needs a
     divergence). ``method`` "heun" (second order, 2 NFE) or "euler"; ``divergence`` "exact" (d
     Jacobian-vector products per evaluation; low dimension) or "rademacher"/"gaussian" (Hutchinson,
     ``n_probes`` fresh probes per step, shared by Heun's two stages). Use with
     :func:`sample_with_log_density`."""
-    return ProbabilityFlowDensity(sde, method, divergence, n_probes)
+    return _ProbabilityFlowDensity(sde, method, divergence, n_probes)
 
 
 def sample_with_log_density(step: Step, score_fn, key: Array, x_init: Array, timesteps: Array, *,
@@ -306,27 +242,15 @@ def sample_with_log_density(step: Step, score_fn, key: Array, x_init: Array, tim
     (x or the tracked log-density turning NaN/Inf); non-finite examples raise outside a jit of yours
     unless ``check_finite=False``.
     """
-    if not isinstance(step, (TrackedLogDensity, ProbabilityFlowDensity)):
+    if not isinstance(step, (_TrackedLogDensity, _ProbabilityFlowDensity)):
         step = track_log_density(step, form)
-    if not callable(score_fn):
-        raise TypeError("score_fn must be callable score_fn(x, t)")
     check_x_init(x_init)
-    ts = check_timesteps(timesteps, step.sde, time_dtype(x_init))
-    keys = _per_example_keys(key, jnp.shape(x_init)[0])
+    if log_q_init is not None and jnp.shape(log_q_init) != jnp.shape(x_init)[:1]:
+        raise ValueError(f"log_q_init must have shape (batch,) = {jnp.shape(x_init)[:1]}; got {jnp.shape(log_q_init)}")
+    run = drive(step, score_fn, key, x_init, timesteps, denoise=False, watch=type(step).log_density)
+    ell = step.log_density(run.state)
     if log_q_init is None:
         log_q_init = step.sde.prior_logp(jnp.asarray(x_init, time_dtype(x_init)))
-    elif jnp.shape(log_q_init) != jnp.shape(x_init)[:1]:
-        raise ValueError(f"log_q_init must have shape (batch,) = {jnp.shape(x_init)[:1]}; got {jnp.shape(log_q_init)}")
-    step = with_num_steps(step, ts.shape[0] - 1)
-    x, ell, record = _run_density(step, score_fn, keys, x_init, ts)
-    logp = jnp.asarray(log_q_init, ell.dtype) + ell
-    nfe = jnp.full(jnp.shape(x_init)[:1], (ts.shape[0] - 1) * step.nfe, jnp.int32)
-    result = DensityResult(x, logp, nfe, record)
-    raise_if_nonfinite(result, "sample_with_log_density", check_finite, steps=ts)
+    result = DensityResult(run.x, jnp.asarray(log_q_init, ell.dtype) + ell, run.nfe, run.nonfinite_step)
+    raise_if_nonfinite(result, "sample_with_log_density", check_finite, steps=run.timesteps)
     return result
-
-
-@filter_jit
-def _run_density(step, score_fn, keys, x_init, ts):
-    x, state, record = scan_steps(step, sequenced(score_fn), keys, x_init, ts, watch=step.log_density)
-    return x, step.log_density(state), record

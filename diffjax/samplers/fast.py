@@ -20,16 +20,17 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from diffjax.numerics.arrays import expand_to
+from diffjax.processes import SDE
 from diffjax.samplers.base import Step, normal_like, static_field, step_class, tweedie_denoise
-from diffjax.sde import SDE, expand_to
 
 Array = jax.Array
 
-__all__ = ["DDIM", "EDMHeun", "DPMSolverPP2M", "DPMSolverPP2MSDE", "ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde"]
+__all__ = ["ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde"]
 
 
 @step_class
-class DDIM(Step):
+class ddim(Step):
     """DDIM: with D = D(x, t) and eps_hat = (x - a_t D) / sigma_t,
 
         x_next = a_next D + sqrt(sigma_next^2 - c^2) eps_hat + c z,
@@ -52,6 +53,10 @@ class DDIM(Step):
         return self.eta > 0
 
     @property
+    def forward_noise(self) -> bool:
+        return float(self.eta) == 1.0  # ancestral sampling with the posterior variance
+
+    @property
     def name(self) -> str:
         return f"ddim(eta={self.eta:g})"
 
@@ -65,18 +70,19 @@ class DDIM(Step):
         c = self.eta * s_n * jnp.sqrt(-jnp.expm1(-2.0 * h))
         x_mean = expand_to(a_n, x) * d + expand_to(jnp.sqrt(jnp.maximum(s_n**2 - c**2, 0.0)), x) * eps_hat
         if self.eta == 0:
-            return x_mean, x_mean, state
-        return x_mean + expand_to(c, x) * normal_like(keys, x), x_mean, state
+            return x_mean, state
+        return x_mean + expand_to(c, x) * normal_like(keys, x), state
 
 
 @step_class
-class EDMHeun(Step):
+class edm_heun(Step):
     """EDM's stochastic Heun sampler (Karras et al. 2022, Alg. 2) on y = x / a with noise level
     sigma_hat = exp(-lambda): churn raises sigma_hat to sigma_hat (1 + gamma), with
     gamma = min(S_churn / num_steps, sqrt(2) - 1) where S_tmin <= sigma_hat <= S_tmax, adding noise
     of std sqrt(sigma_up^2 - sigma_hat^2) S_noise; then a Heun step of dy/dsigma = (y - D) / sigma.
     With S_churn = 0 it is the deterministic second-order EDM sampler (2 NFE per step).
-    Pair it with :func:`karras_timesteps`. ``num_steps`` (the grid's) is needed when S_churn > 0.
+    Pair it with :func:`karras_timesteps`. With S_churn > 0 the driver tells it the grid's number of
+    steps (``num_steps``, or give it yourself).
     """
 
     sde: SDE
@@ -90,13 +96,17 @@ class EDMHeun(Step):
     def __post_init__(self):
         if not (self.S_churn >= 0 and self.S_noise >= 0):
             raise ValueError(f"edm_heun needs S_churn >= 0 and S_noise >= 0; got {self.S_churn}, {self.S_noise}")
-        if self.S_churn > 0 and not self.num_steps:
-            raise ValueError("edm_heun with S_churn > 0 needs num_steps, the number of steps of the grid")
+        if self.num_steps is not None and (isinstance(self.num_steps, bool) or self.num_steps < 1):
+            raise ValueError(f"edm_heun needs num_steps >= 1 (or None: the grid's); got {self.num_steps!r}")
         super().__post_init__()
 
     @property
     def stochastic(self) -> bool:
         return self.S_churn > 0
+
+    @property
+    def needs_grid_length(self) -> bool:
+        return self.S_churn > 0  # gamma = min(S_churn / num_steps, sqrt(2) - 1)
 
     @property
     def name(self) -> str:
@@ -111,6 +121,8 @@ class EDMHeun(Step):
 
     def update(self, keys, x, state, t, t_next, score_fn):
         sde = self.sde
+        if self.S_churn > 0 and self.num_steps is None:
+            raise ValueError("edm_heun with S_churn > 0 needs num_steps (the driver gives it the grid's)")
         gamma_max = min(self.S_churn / self.num_steps, math.sqrt(2.0) - 1.0) if self.S_churn > 0 else 0.0
         a_t, _ = sde.marginal_coeffs(t)
         a_n, _ = sde.marginal_coeffs(t_next)
@@ -127,7 +139,7 @@ class EDMHeun(Step):
         y_euler = y + dsig * d1
         d2 = self._slope(y_euler, sig_next, score_fn)
         x = (y + dsig * 0.5 * (d1 + d2)) * expand_to(a_n, y)
-        return x, x, state
+        return x, state
 
 
 def _multistep_init(x: Array):
@@ -147,8 +159,35 @@ def _second_order_correction(step, d, state, h):
     return jnp.where(use, corr, jnp.zeros_like(corr))
 
 
+def _dpmpp_2m_update(step, keys, x, state, t, t_next, score_fn, noise: bool):
+    """DPM-Solver++(2M) (``noise`` False) or its 2M-SDE variant (True), one denoiser evaluation."""
+    sde = step.sde
+    _, s_t = sde.marginal_coeffs(t)
+    a_n, s_n = sde.marginal_coeffs(t_next)
+    h = sde.log_snr(t_next) - sde.log_snr(t)
+    d = tweedie_denoise(sde, score_fn, x, t)
+    d_eff = d + _second_order_correction(step, d, state, h)
+    new_state = (d, h, state[2] + 1)
+    if not noise:
+        return expand_to(s_n / s_t, x) * x - expand_to(a_n * jnp.expm1(-h), x) * d_eff, new_state
+    one_minus = -jnp.expm1(-2.0 * h)
+    x_mean = expand_to(s_n / s_t * jnp.exp(-h), x) * x + expand_to(a_n * one_minus, x) * d_eff
+    return x_mean + expand_to(s_n * jnp.sqrt(one_minus), x) * normal_like(keys, x), new_state
+
+
+class _DPMSolverPP2MBase(Step):
+    """Shared parts of the (2M) steps: the multistep history and the grid length for ``lower_order_final``."""
+
+    @property
+    def needs_grid_length(self) -> bool:
+        return self.lower_order_final
+
+    def init(self, x):
+        return _multistep_init(x)
+
+
 @step_class
-class DPMSolverPP2M(Step):
+class dpmpp_2m(_DPMSolverPP2MBase):
     """DPM-Solver++(2M), data prediction, one NFE per step: with h = lambda_next - lambda_t,
 
         x_next = (sigma_next / sigma_t) x - a_next expm1(-h) [D + (1/(2r)) (D - D_prev)],
@@ -162,52 +201,25 @@ class DPMSolverPP2M(Step):
     name = "dpmpp_2m"
     stochastic = False
 
-    def init(self, x):
-        return _multistep_init(x)
-
     def update(self, keys, x, state, t, t_next, score_fn):
-        sde = self.sde
-        _, s_t = sde.marginal_coeffs(t)
-        a_n, s_n = sde.marginal_coeffs(t_next)
-        h = sde.log_snr(t_next) - sde.log_snr(t)
-        d = tweedie_denoise(sde, score_fn, x, t)
-        d_eff = d + _second_order_correction(self, d, state, h)
-        x = expand_to(s_n / s_t, x) * x - expand_to(a_n * jnp.expm1(-h), x) * d_eff
-        return x, x, (d, h, state[2] + 1)
+        return _dpmpp_2m_update(self, keys, x, state, t, t_next, score_fn, noise=False)
 
 
 @step_class
-class DPMSolverPP2MSDE(Step):
+class dpmpp_2m_sde(_DPMSolverPP2MBase):
     """Stochastic DPM-Solver++(2M-SDE), midpoint form: with h = lambda_next - lambda_t,
 
         x_next = (sigma_next / sigma_t) e^{-h} x + a_next (1 - e^{-2h}) [D + (1/(2r)) (D - D_prev)]
                  + sigma_next sqrt(1 - e^{-2h}) z,
 
     the first-order SDE-DPM-Solver++ update plus the multistep correction (``lower_order_final`` as
-    :class:`DPMSolverPP2M`)."""
+    :class:`dpmpp_2m`)."""
 
     sde: SDE
     lower_order_final: bool = static_field(False)
     num_steps: Optional[int] = static_field(None)
     name = "dpmpp_2m_sde"
-
-    def init(self, x):
-        return _multistep_init(x)
+    forward_noise = True
 
     def update(self, keys, x, state, t, t_next, score_fn):
-        sde = self.sde
-        _, s_t = sde.marginal_coeffs(t)
-        a_n, s_n = sde.marginal_coeffs(t_next)
-        h = sde.log_snr(t_next) - sde.log_snr(t)
-        d = tweedie_denoise(sde, score_fn, x, t)
-        one_minus = -jnp.expm1(-2.0 * h)
-        d_eff = d + _second_order_correction(self, d, state, h)
-        x_mean = expand_to(s_n / s_t * jnp.exp(-h), x) * x + expand_to(a_n * one_minus, x) * d_eff
-        x = x_mean + expand_to(s_n * jnp.sqrt(one_minus), x) * normal_like(keys, x)
-        return x, x_mean, (d, h, state[2] + 1)
-
-
-ddim = DDIM
-edm_heun = EDMHeun
-dpmpp_2m = DPMSolverPP2M
-dpmpp_2m_sde = DPMSolverPP2MSDE
+        return _dpmpp_2m_update(self, keys, x, state, t, t_next, score_fn, noise=True)

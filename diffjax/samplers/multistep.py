@@ -27,12 +27,14 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from diffjax.numerics.arrays import expand_to
+from diffjax.numerics.linear import solve_small
+from diffjax.processes import SDE
 from diffjax.samplers.base import Step, normal_like, static_field, step_class, tweedie_denoise
-from diffjax.sde import SDE, expand_to
 
 Array = jax.Array
 
-__all__ = ["DPMSolverPP3M", "DPMSolverPP3MSDE", "UniPC", "dpmpp_3m", "dpmpp_3m_sde", "unipc"]
+__all__ = ["dpmpp_3m", "dpmpp_3m_sde", "unipc"]
 
 
 def _history_init(x: Array, size: int):
@@ -53,9 +55,13 @@ def _effective_order(order: int, i: Array, num_steps: Optional[int], lower_order
 
 
 class _Multistep(Step):
-    """Shared parts: a grid length the driver can fill in, and the validity checks."""
+    """Shared parts: a grid length the driver can fill in (for ``lower_order_final``), and the validity checks."""
 
     stochastic = False
+
+    @property
+    def needs_grid_length(self) -> bool:
+        return self.lower_order_final
 
     def _check(self, name: str, max_order: int) -> None:
         if isinstance(self.order, bool) or self.order not in range(1, max_order + 1):
@@ -87,7 +93,7 @@ def _gaps(sde: SDE, t: Array, t_next: Array, hist_lam: Array):
 
 
 @step_class
-class DPMSolverPP3M(_Multistep):
+class dpmpp_3m(_Multistep):
     """DPM-Solver++(3M), one score evaluation per step: with h = lambda_next - lambda_t,
     phi1 = e^{-h} - 1, phi2 = phi1 / h + 1, phi3 = phi2 / h - 1/2, r0, r1 the previous lambda gaps
     over h and m0, m1, m2 the current and two previous denoised values,
@@ -124,7 +130,7 @@ class DPMSolverPP3M(_Multistep):
 
 
 def _dpmpp3_update(step, eta: float, keys, x, state, t, t_next, score_fn):
-    """The update of DPM-Solver++(3M) (eta = 0) and 3M-SDE (see :class:`DPMSolverPP3MSDE`)."""
+    """The update of DPM-Solver++(3M) (eta = 0) and 3M-SDE (see :class:`dpmpp_3m_sde`)."""
     hist_m, hist_lam, i = state
     sde = step.sde
     _, s_t = sde.marginal_coeffs(t)
@@ -142,19 +148,19 @@ def _dpmpp3_update(step, eta: float, keys, x, state, t, t_next, score_fn):
               - expand_to(a_n * phi3, x) * d2)
     new_state = (_push(hist_m, m), _push(hist_lam, lam), i + 1)
     if eta == 0:
-        return x_mean, x_mean, new_state
+        return x_mean, new_state
     noise = expand_to(s_n * jnp.sqrt(-jnp.expm1(-2.0 * eta * h)), x) * normal_like(keys, x)
-    return x_mean + noise, x_mean, new_state
+    return x_mean + noise, new_state
 
 
 @step_class
-class DPMSolverPP3MSDE(_Multistep):
+class dpmpp_3m_sde(_Multistep):
     """Stochastic DPM-Solver++(3M-SDE): with h_eta = (1 + eta) h,
 
         x_next = (sigma_next / sigma_t) e^{-eta h} x + a_next (1 - e^{-h_eta}) m0
                  + a_next [phi2 D1 - c phi3 D2](h_eta) + sigma_next sqrt(1 - e^{-2 eta h}) z,
 
-    the multistep terms of :class:`DPMSolverPP3M` with the phis at h_eta (k-diffusion's form, c = 2
+    the multistep terms of :class:`dpmpp_3m` with the phis at h_eta (k-diffusion's form, c = 2
     for ``weighting="taylor"``). eta = 0 is DPM-Solver++(3M); eta = 1 (default) injects the
     posterior noise of the reverse SDE.
     """
@@ -179,6 +185,10 @@ class DPMSolverPP3MSDE(_Multistep):
         return self.eta > 0
 
     @property
+    def forward_noise(self) -> bool:
+        return float(self.eta) == 1.0
+
+    @property
     def name(self) -> str:
         return f"dpmpp_3m_sde(eta={self.eta:g})"
 
@@ -191,29 +201,6 @@ class DPMSolverPP3MSDE(_Multistep):
 
 # ----------------------------------------------------------------------------------------------
 # UniPC
-
-
-def _solve_small(rows: list[list[Array]], rhs: list[Array]) -> list[Array]:
-    """Solve an n x n system (n <= 3) elementwise by Cramer's rule (no batched LAPACK: see
-    :func:`diffjax.samplers.base._after` on why not on XLA:CPU)."""
-    n = len(rhs)
-    if n == 1:
-        return [rhs[0] / rows[0][0]]
-    if n == 2:
-        (a, b), (c, d) = rows
-        det = a * d - b * c
-        return [(rhs[0] * d - b * rhs[1]) / det, (a * rhs[1] - rhs[0] * c) / det]
-
-    def det3(m):
-        return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
-
-    det = det3(rows)
-    out = []
-    for j in range(3):
-        mj = [[rhs[i] if k == j else rows[i][k] for k in range(3)] for i in range(3)]
-        out.append(det3(mj) / det)
-    return out
 
 
 def _unipc_coeffs(h: Array, rks: list[Array], order: int, variant: str):
@@ -236,8 +223,8 @@ def _unipc_coeffs(h: Array, rks: list[Array], order: int, variant: str):
     elif order == 2:
         rho_p = [jnp.full_like(h, 0.5)]
     else:
-        rho_p = _solve_small([row[: order - 1] for row in rows[: order - 1]], b[: order - 1])
-    rho_c = [jnp.full_like(h, 0.5)] if order == 1 else _solve_small(rows, b)
+        rho_p = solve_small([row[: order - 1] for row in rows[: order - 1]], b[: order - 1])
+    rho_c = [jnp.full_like(h, 0.5)] if order == 1 else solve_small(rows, b)
     return h_phi_1, big_b, rho_p, rho_c
 
 
@@ -255,7 +242,7 @@ def _select(p: Array, options: list[list[Array]], size: int, like: Array) -> lis
 
 
 @step_class
-class UniPC(_Multistep):
+class unipc(_Multistep):
     """UniPC (Zhao et al. 2023), data prediction, one score evaluation per step.
 
     At t the step evaluates m_t = D(x_t, t) at the predicted x_t; the UniC corrector (``corrector``)
@@ -348,15 +335,10 @@ class UniPC(_Multistep):
             d1, d2 = _dpm3_terms(m, hist_m, -r[0], r1, p, True)
             x_next = (expand_to(s_n / s_t, x) * x - expand_to(a_n * phi1, x) * m + expand_to(a_n * phi2, x) * d1
                       - expand_to(a_n * phi3, x) * d2)
-            return x_next, x_next, (x, t, _push(hist_m, m), _push(hist_lam, lam), i + 1)
+            return x_next, (x, t, _push(hist_m, m), _push(hist_lam, lam), i + 1)
         h_phi_1, big_b, rho_p, _ = self._weights(h, r, p, i)
         d = [(hist_m[k - 1] - m) / expand_to(r[k - 1], x) for k in (1, 2)]
         pred = expand_to(rho_p[0], x) * d[0] + expand_to(rho_p[1], x) * d[1]
         pred = jnp.where(expand_to(p >= 2, x), pred, 0.0)
         x_next = expand_to(s_n / s_t, x) * x - expand_to(a_n * h_phi_1, x) * m - expand_to(a_n * big_b, x) * pred
-        return x_next, x_next, (x, t, _push(hist_m, m), _push(hist_lam, lam), i + 1)
-
-
-dpmpp_3m = DPMSolverPP3M
-dpmpp_3m_sde = DPMSolverPP3MSDE
-unipc = UniPC
+        return x_next, (x, t, _push(hist_m, m), _push(hist_lam, lam), i + 1)

@@ -27,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax._jit import bind
-from diffjax.samplers.base import Step, sample
+from diffjax.samplers.base import Step
+from diffjax.samplers.driver import sample
 from diffjax.samplers.grids import TIME_GRIDS
-from diffjax.sde import SDE
+from diffjax._checks import check_int, describe, is_traced
+from diffjax.processes import SDE
 
 Array = jax.Array
 
@@ -83,7 +85,7 @@ def check_fit(fit: "GaussianFit", what: str = "the Gaussian fit") -> None:
     """Raise a one-line ValueError unless a concrete fit has consistent shapes (mean (d,), eigvals (r,),
     eigvecs (d, r)), finite values and non-negative variances; traced fits pass unchecked."""
     leaves = (fit.mean, fit.eigvals, fit.eigvecs, fit.residual_var)
-    if any(isinstance(v, jax.core.Tracer) for v in leaves):
+    if any(is_traced(v) for v in leaves):
         return
     mean, lam, vecs, res = (np.asarray(v, np.float64) for v in leaves)
     if mean.ndim != 1 or lam.ndim != 1 or vecs.shape != (mean.shape[0], lam.shape[0]) or res.ndim != 0:
@@ -99,12 +101,30 @@ jax.tree_util.register_dataclass(GaussianFit, data_fields=["mean", "eigvals", "e
 
 
 def fit_gaussian(x, rank: Optional[int] = None) -> GaussianFit:
-    """Fit mean and covariance of examples ``x`` (n, ...) in float64 (numpy), keep the top ``rank``
-    eigenpairs (all by default) and the mean of the other eigenvalues as ``residual_var``.
-    Returns float64 numpy arrays (cast them to your samples' dtype where needed)."""
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    if x.shape[0] < 2:
-        raise ValueError(f"fit_gaussian needs at least 2 examples; got {x.shape[0]}")
+    """Fit mean and covariance of examples ``x`` (n, ...), keep the top ``rank`` eigenpairs (all by
+    default) and the mean of the other eigenvalues as ``residual_var``. Concrete data is fitted in
+    float64 with numpy (float64 arrays; cast them to your samples' dtype where needed); traced data
+    (inside your jit) on device in its own precision."""
+    if not hasattr(x, "shape") and not isinstance(x, (list, tuple)) or np.ndim(x) < 2:
+        raise TypeError(f"fit_gaussian needs examples x of shape (n, ...), n >= 2; got {describe(x)}")
+    if rank is not None:
+        check_int("fit_gaussian", "rank", rank, lo=1)
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"fit_gaussian needs at least 2 examples; got {n}")
+    if is_traced(x):
+        flat = jnp.reshape(x, (n, -1))
+        d = flat.shape[1]
+        rank = d if rank is None else int(rank)
+        if not 1 <= rank <= d:
+            raise ValueError(f"rank must lie in [1, d = {d}]; got {rank}")
+        mean = flat.mean(0)
+        centred = flat - mean
+        lam, u = jnp.linalg.eigh(centred.T @ centred / n)
+        lam, u = jnp.clip(lam[::-1], 0.0, None), u[:, ::-1]
+        residual = lam[rank:].mean() if rank < d else jnp.zeros((), lam.dtype)
+        return GaussianFit(mean, lam[:rank], u[:, :rank], residual)
+    x = np.asarray(x, np.float64).reshape(n, -1)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"fit_gaussian: the data hold NaN or Inf in {int(np.sum(~np.all(np.isfinite(x), 1)))} of "
                          f"{x.shape[0]} examples")
@@ -129,14 +149,18 @@ def _as_fit(mean, cov) -> GaussianFit:
         if len(cov) == 2:
             return GaussianFit(mean, jnp.asarray(cov[0]), jnp.asarray(cov[1]), 0.0)
         return GaussianFit(mean, jnp.asarray(cov[0]), jnp.asarray(cov[1]), cov[2])
-    if isinstance(cov, jax.core.Tracer):  # inside the user's jit: decompose on device
+    if is_traced(cov):  # inside the user's jit: decompose on device
         lam, u = jnp.linalg.eigh((cov + cov.T) / 2)
         return GaussianFit(mean, jnp.clip(lam, 0, None), u, 0.0)
     cov = np.asarray(cov, np.float64)
     if cov.ndim != 2 or cov.shape != (mean.shape[0], mean.shape[0]):
         raise ValueError(f"cov must be (d, d) = ({mean.shape[0]}, {mean.shape[0]}) or (eigenvalues, eigenvectors); "
                          f"got shape {cov.shape}")
+    if not (np.all(np.isfinite(cov)) and (is_traced(mean) or np.all(np.isfinite(np.asarray(mean))))):
+        raise ValueError("gaussian_teleport: mean and cov must be finite")
     lam, u = np.linalg.eigh((cov + cov.T) / 2)
+    if lam.min() < -1e-6 * max(abs(lam).max(), 1e-30):
+        raise ValueError(f"gaussian_teleport: cov is not positive semi-definite (smallest eigenvalue {lam.min():.3g})")
     return GaussianFit(mean, jnp.asarray(np.clip(lam, 0, None), mean.dtype), jnp.asarray(u, mean.dtype), 0.0)
 
 
@@ -159,6 +183,9 @@ def gaussian_teleport(sde: SDE, x: Array, t_from, t_to, mean, cov=None) -> Array
     as ``mean``. d is the flattened example size.
     """
     fit = _as_fit(mean, cov)
+    for name, t in (("t_from", t_from), ("t_to", t_to)):
+        if not is_traced(t) and not np.all(np.isfinite(np.asarray(t, np.float64))):
+            raise ValueError(f"gaussian_teleport: {name} must be finite; got {t}")
     shape = jnp.shape(x)
     dtype = jnp.result_type(x, jnp.float32)
     flat = jnp.reshape(x, (shape[0], -1)).astype(dtype)
@@ -190,15 +217,15 @@ def _gaussian_score(fit: GaussianFit, sde: SDE, x: Array, t: Array) -> Array:
     return jnp.reshape(out, shape)
 
 
-def gaussian_score(fit: GaussianFit, sde: SDE):
-    """The exact score function ``score_fn(x, t)`` of the fitted Gaussian's marginals (a pytree)."""
+def gaussian_score(sde: SDE, fit: GaussianFit):
+    """The exact score function ``score_fn(x, t)`` of the fitted Gaussian's marginals under ``sde`` (a pytree)."""
+    if isinstance(sde, GaussianFit) and isinstance(fit, SDE):
+        raise TypeError("gaussian_score takes (process, fit) since diffjax 0.2; got (fit, process)")
     _check_fit_and_process(fit, sde)
     return bind(_gaussian_score, fit, sde)
 
 
 def _check_fit_and_process(fit, sde) -> None:
-    if isinstance(fit, SDE) and isinstance(sde, GaussianFit):
-        raise TypeError("got (process, fit); this function takes (fit, process)")
     if not isinstance(fit, GaussianFit):
         raise TypeError(f"fit must be a GaussianFit (see fit_gaussian); got {type(fit).__name__}")
     if not isinstance(sde, SDE):
@@ -232,29 +259,38 @@ def teleport_t_skip(sde: SDE, fit: GaussianFit, kappa: Optional[float] = None, n
     if isinstance(sde, GaussianFit) and isinstance(fit, SDE):
         raise TypeError("got (fit, process); teleport_t_skip takes (process, fit)")
     _check_fit_and_process(fit, sde)
-    kappa = default_kappa(nfe) if kappa is None else float(kappa)
+    kappa = default_kappa(nfe) if kappa is None else kappa
     if kappa is None:
-        return float(sde.T)
-    if not kappa > 0:
+        return sde.T
+    if not is_traced(kappa) and not float(kappa) > 0:
         raise ValueError(f"kappa must be > 0; got {kappa}")
-    s_hat = kappa * math.sqrt(float(np.max(np.asarray(fit.eigvals))))
-    s_hat_max = float(sde.noise_level(jnp.asarray(sde.T, jnp.float32)))
-    if s_hat >= s_hat_max:
-        return float(sde.T)
-    return float(sde.t_from_noise_level(jnp.asarray(s_hat, jnp.float32)))
+    if not any(is_traced(v) for v in (kappa, fit.eigvals, sde.T)):
+        lam_max = float(np.max(np.asarray(fit.eigvals)))
+        if not lam_max > 0:
+            raise ValueError("teleport_t_skip: the data's Gaussian fit has no variance (constant data); there is "
+                             "no spread to teleport within")
+        s_hat = float(kappa) * math.sqrt(lam_max)
+        s_hat_max = float(sde.noise_level(jnp.asarray(sde.T, jnp.float32)))
+        if s_hat >= s_hat_max:
+            return float(sde.T)
+        return float(sde.t_from_noise_level(jnp.asarray(s_hat, jnp.float32)))
+    # traced (a learned kappa or fit): the same rule as an array
+    s_hat = kappa * jnp.sqrt(jnp.max(jnp.asarray(fit.eigvals)))
+    s_hat_max = sde.noise_level(jnp.asarray(sde.T, jnp.result_type(s_hat)))
+    return jnp.where(s_hat >= s_hat_max, sde.T, sde.t_from_noise_level(jnp.minimum(s_hat, s_hat_max)))
 
 
-def teleport_sample(step: Step, score_fn, key, x_init: Array, n_steps: int, fit: GaussianFit, t_skip: float, *,
-                    grid: str | Callable = "karras", eps: Optional[float] = None, denoise: bool = True,
+def teleport_sample(step: Step, score_fn, key, x_init: Array, num_steps: int, fit: GaussianFit, t_skip: float, *,
+                    grid: str | Callable = "karras", t_end: Optional[float] = None, denoise: bool = True,
                     check_finite: bool = True):
     """Sample with teleportation: ``x_init`` (at T) is mapped to ``t_skip`` by the Gaussian flow of
-    ``fit``, then ``step`` runs ``n_steps`` updates on ``grid`` re-laid over [t_skip, eps] (better than
+    ``fit``, then ``step`` runs ``num_steps`` updates on ``grid`` re-laid over [t_skip, t_end] (better than
     the tail of the full grid at the same number of evaluations). Returns a
     :class:`~diffjax.results.SampleResult` as :func:`~diffjax.samplers.sample`; the teleport costs no
     evaluation."""
     sde = step.sde
     make = TIME_GRIDS[grid] if isinstance(grid, str) else grid
-    ts = make(sde, n_steps, eps, dtype=jnp.result_type(x_init, jnp.float32), t_max=t_skip)
+    ts = make(sde, num_steps, t_end, dtype=jnp.result_type(x_init, jnp.float32), t_max=t_skip)
     x_skip = gaussian_teleport(sde, x_init, sde.T, t_skip, fit)
     return sample(step, score_fn, key, x_skip, ts, denoise=denoise, check_finite=check_finite)
 
@@ -282,15 +318,15 @@ def gaussian_solver_error(step: Step, ts: Array, fit: GaussianFit, denoise: bool
 
     The solver is linear on Gaussian data and acts on each eigen-direction alone, so one run on a
     single example with one coordinate per eigenvalue gives every direction's gain; the exact gain
-    is the flow's, sqrt((a_eps^2 lam + sigma_eps^2) / (a_T^2 lam + sigma_T^2)), times Tweedie's
-    factor a lam / (a^2 lam + sigma^2) at eps when ``denoise``.
+    is the flow's, sqrt((a_end^2 lam + sigma_end^2) / (a_T^2 lam + sigma_T^2)), times Tweedie's
+    factor a lam / (a^2 lam + sigma^2) at the grid's end when ``denoise``.
     """
     sde = step.sde
     dtype = jnp.result_type(ts)
     lam, weights = _spectrum(fit, dtype)
     diag = GaussianFit(jnp.zeros_like(lam), lam, jnp.eye(lam.shape[0], dtype=dtype), 0.0)
     x0 = jnp.ones((1, lam.shape[0]), dtype)
-    x = sample(step, gaussian_score(diag, sde), jax.random.PRNGKey(0), x0, ts, denoise=denoise, check_finite=False).x
+    x = sample(step, gaussian_score(sde, diag), jax.random.PRNGKey(0), x0, ts, denoise=denoise, check_finite=False).x
     t_end = ts[-1:]
     exact = gaussian_teleport(sde, x0, ts[0], ts[-1], diag)
     if denoise:
@@ -304,14 +340,14 @@ def gaussian_solver_error(step: Step, ts: Array, fit: GaussianFit, denoise: bool
 _FITTED: dict = {}
 
 
-def fitted_timesteps(step: Step, n: int, fit: GaussianFit, *, eps: Optional[float] = None, t_max: Optional[float] = None,
-                     init: str = "karras", iters: int = 300, learning_rate: float = 0.05, max_ratio: float = float("inf"),
-                     dtype=jnp.float64) -> Array:
+def fitted_timesteps(step: Step, n: int, fit: GaussianFit, *, t_end: Optional[float] = None,
+                     t_max: Optional[float] = None, init: str = "karras", iters: int = 300, learning_rate: float = 0.05,
+                     max_ratio: float = float("inf"), dtype=None) -> Array:
     """A grid of ``n`` updates for ``step`` fitted to the data: it minimises the solver's error on the
     fitted Gaussian's flow (:func:`gaussian_solver_error`, closed form, differentiable), starting from
     ``init`` and moving the interior points in lambda (monotone by construction: softmax gaps) with
-    Adam. Cached per (step, n, fit, ends). Needs ``jax_enable_x64`` for the default float64 (else
-    pass dtype=jnp.float32).
+    Adam. Cached per (step, n, fit, ends). ``dtype`` defaults to float64 when ``jax_enable_x64`` is on,
+    float32 otherwise (asking for float64 without it is a one-line error, not a silent float32).
 
     The Gaussian error is a proxy, and it can mislead: a real data distribution is Gaussian only at
     high noise, while on Gaussian data the exponential integrators are nearly exact along the
@@ -327,13 +363,18 @@ def fitted_timesteps(step: Step, n: int, fit: GaussianFit, *, eps: Optional[floa
 
     sde = step.sde
     check_fit(fit)
-    eps = sde.sampling_eps if eps is None else float(eps)
+    x64 = jax.config.jax_enable_x64
+    dtype = jnp.dtype(jnp.float64 if dtype is None and x64 else jnp.float32 if dtype is None else dtype)
+    if dtype == jnp.float64 and not x64:
+        raise ValueError("fitted_timesteps(dtype=float64) needs jax_enable_x64 (jax.config.update('jax_enable_x64', "
+                         "True)); or pass dtype=jnp.float32")
+    t_end = sde.t_end if t_end is None else float(t_end)
     t_max = sde.T if t_max is None else float(t_max)
-    key = (step, n, eps, t_max, init, iters, learning_rate, max_ratio, tuple(np.asarray(fit.eigvals).round(12)),
-           float(np.asarray(fit.residual_var)), fit.dim, jnp.dtype(dtype).name)
+    key = (step, n, t_end, t_max, init, iters, learning_rate, max_ratio, tuple(np.asarray(fit.eigvals).round(12)),
+           float(np.asarray(fit.residual_var)), fit.dim, dtype.name)
     if key in _FITTED:
         return _FITTED[key]
-    ts0 = TIME_GRIDS[init](sde, n, eps, dtype=dtype, t_max=t_max)
+    ts0 = TIME_GRIDS[init](sde, n, t_end, dtype=dtype, t_max=t_max)
     lam0 = sde.log_snr(ts0)
     lam_lo, lam_hi = lam0[0], lam0[-1]
     log_gap0 = jnp.log(jnp.diff(lam0) / (lam_hi - lam_lo))
@@ -346,7 +387,7 @@ def fitted_timesteps(step: Step, n: int, fit: GaussianFit, *, eps: Optional[floa
         gaps = jax.nn.softmax(log_gap0 + math.log(max_ratio) * jnp.tanh(theta) if bounded else theta)
         lam = lam_lo + (lam_hi - lam_lo) * jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(gaps)])
         ts = sde.t_from_log_snr(lam)
-        return ts.at[0].set(t_max).at[-1].set(eps)
+        return ts.at[0].set(t_max).at[-1].set(t_end)
 
     def loss(theta):
         return jnp.log(gaussian_solver_error(step, grid(theta), fit))

@@ -33,7 +33,7 @@ from helpers import mixture_3d, mixture_moments  # noqa: E402
 
 from diffjax import GaussianMixture  # noqa: E402
 from diffjax import samplers as S  # noqa: E402
-from diffjax.sde import EDM  # noqa: E402
+from diffjax.processes import EDM  # noqa: E402
 
 NFES = (5, 6, 8, 10, 15, 20, 50)
 SAMPLERS = {
@@ -91,7 +91,7 @@ def digits_sweep(workdir: str, num: int, nfes=(10, 20)) -> None:
         cells = []
         for nfe in nfes:
             for teleport in ("off", "auto"):
-                overrides = [f"sampling.method={method!r}", f"sampling.grid={grid!r}", f"sampling.n_steps={nfe - 1}",
+                overrides = [f"sampling.method={method!r}", f"sampling.grid={grid!r}", f"sampling.num_steps={nfe - 1}",
                              f"sampling.order={order}", f"sampling.teleport={teleport!r}"]
                 ev = evaluate(load_run(workdir, None, overrides), jax.random.PRNGKey(0), num)
                 floor = ev["test_split"]["fid"]

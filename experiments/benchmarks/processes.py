@@ -57,7 +57,7 @@ def main() -> None:
             for method, grid, per_step in candidates:
                 n_steps = max(1, (nfe - 1) // per_step)  # + 1 for the final denoising step
                 run = load_run(workdir, None, [f"sampling.method={method}", f"sampling.grid={grid}",
-                                               f"sampling.n_steps={n_steps}"])
+                                               f"sampling.num_steps={n_steps}"])
                 ev = evaluate(run, jax.random.PRNGKey(0), args.num)
                 r = {"sampler": f"{method}/{grid}", "nfe": int(ev["nfe"]), **ev["samples"]}
                 row.setdefault("floor_fid", ev["test_split"]["fid"])

@@ -95,7 +95,7 @@ def network(batch, width, train_steps=0):
     net = MLPScoreNet(hidden=(width, width, width))
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.ones((1,)))
     if train_steps:
-        model = make_score_model(net.apply, sde, prediction=net.prediction)
+        model = make_score_model(net.apply, sde, prediction=net.prediction, labels="score_sde")
         tx = make_optimizer(learning_rate=3e-3, warmup_steps=50)
         step = make_train_step(get_dsm_loss_fn(sde, model, reduce_mean=True), tx, ema_rate=0.99)
         data = mixture_2d().sample(jax.random.PRNGKey(4), train_steps * 256).reshape(train_steps, 256, 2)
@@ -103,7 +103,7 @@ def network(batch, width, train_steps=0):
         params = state.ema_params
     else:
         params = jax.tree_util.tree_map(lambda p: p + 0.01, params)  # a non-zero output layer
-    return sde, make_score_fn(net.apply, params, sde, prediction="eps")
+    return sde, make_score_fn(net.apply, params, sde, prediction="eps", labels="score_sde")
 
 
 def overhead(batch, width, n_steps):
@@ -176,7 +176,7 @@ def host_designs(label, sde, score_fn, x_init, n_steps, tol):
     def scipy_solve(rtol, method="RK45"):
         counter["n"] = 0
         y0 = np.asarray(x_init, np.float64).ravel()
-        sol = solve_ivp(rhs, (sde.T, sde.sampling_eps), y0, rtol=rtol, atol=rtol, method=method)
+        sol = solve_ivp(rhs, (sde.T, sde.t_end), y0, rtol=rtol, atol=rtol, method=method)
         return sol.y[:, -1].reshape(batch, dim)
 
     with x64():  # the reference: our adaptive solve in float64 at rtol = atol = 1e-10
