@@ -56,14 +56,17 @@ def check_real(owner: str, name: str, value: Any, *, lo: float | None = None, hi
     return value
 
 
-def check_int(owner: str, name: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
-    """``value`` as an int if it is an integer (not a bool) in [``lo``, ``hi``]; else a one-line error."""
+def check_int(owner: str, name: str, value: Any, *, lo: int | None = None, hi: int | None = None,
+              hint: str = "") -> int:
+    """``value`` as an int if it is an integer (not a bool) in [``lo``, ``hi``]; else a one-line error
+    (``hint``, e.g. "256 for 8-bit images", is added in brackets)."""
+    hint = f" ({hint})" if hint else ""
     if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{owner}: {name} must be an integer; got {describe(value)}")
+        raise TypeError(f"{owner}: {name} must be an integer{hint}; got {describe(value)}")
     if lo is not None and value < lo:
-        raise ValueError(f"{owner}: {name} must be an integer >= {lo}; got {value}")
+        raise ValueError(f"{owner}: {name} must be an integer >= {lo}{hint}; got {value}")
     if hi is not None and value > hi:
-        raise ValueError(f"{owner}: {name} must be an integer <= {hi}; got {value}")
+        raise ValueError(f"{owner}: {name} must be an integer <= {hi}{hint}; got {value}")
     return int(value)
 
 

@@ -199,7 +199,7 @@ def _dequantization_keys(keys, j):
 
 
 def _check_levels(x, levels, data_range):
-    check_int("bits_per_dim", "levels (256 for 8-bit images, 17 for digits)", levels, lo=2, hi=2 ** 24)
+    check_int("bits_per_dim", "levels", levels, lo=2, hi=2 ** 24, hint="256 for 8-bit images, 17 for digits")
     if not (isinstance(data_range, (tuple, list)) and len(data_range) == 2):
         raise TypeError(f"bits_per_dim: data_range must be a pair (lo, hi); got {describe(data_range)}")
     lo, hi = (check_real("bits_per_dim", f"data_range[{i}]", v) for i, v in enumerate(data_range))
