@@ -1,10 +1,11 @@
-"""The ``diffjax`` command: ``train``, ``sample``, ``likelihood`` and ``evaluate``.
+"""The ``diffjax`` command: ``train``, ``sample``, ``likelihood``, ``evaluate`` and ``fit-solver``.
 
     diffjax train                                   # the digits default into ./runs/digits
     diffjax train --config toy2d --workdir runs/toy --config.training.n_iters=2000
     diffjax sample --workdir runs/digits --num 64 --sampler ode --out grid.npz
     diffjax likelihood --workdir runs/digits --split test
     diffjax evaluate --workdir runs/digits --num 1000
+    diffjax fit-solver --workdir runs/digits --nfe 5 && diffjax sample --workdir runs/digits --solver fitted
 
 This module only reads the command line and calls :mod:`diffjax.run`; configs and their dotted
 ``--config.KEY=VALUE`` overrides live in :mod:`diffjax.configs`.
@@ -22,7 +23,7 @@ __all__ = ["main"]
 # sampling flags of `sample` and `evaluate` -> the config key (sampling.KEY) each one sets, typed
 SAMPLING_FLAGS = {"sampler": "method", "steps": "num_steps", "grid": "grid", "predictor": "predictor",
                   "corrector": "corrector", "snr": "snr", "guidance": "guidance_weight", "order": "order",
-                  "teleport": "teleport"}
+                  "teleport": "teleport", "solver": "solver", "nfe": "solver_nfe", "noise": "noise"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,14 +50,23 @@ _positive_int = _int_in(1, 10 ** 9, "a positive integer")  # --num, --batch, --s
 _seed = _int_in(0, 2 ** 63 - 1, "a seed")
 
 
-def _finite_positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+def _positive_float(what: str = "a positive number"):
+    """argparse type: a finite number > 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_finite_positive = _positive_float("a positive number of seconds")
+_finite_positive_number = _positive_float()
+
+
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -66,7 +76,8 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="time steps of a fixed-step sampler")
     p.add_argument("--grid", default=None, help="time grid: uniform, quadratic, log_snr, karras or fitted (to the "
                                                 "data's Gaussian, for the sampler and the number of steps)")
-    p.add_argument("--order", type=_int_in(1, 3, "an order"), default=None, help="order of unipc or dpmpp_3m (1-3)")
+    p.add_argument("--order", type=_int_in(1, 4, "an order"), default=None,
+                   help="order of unipc or dpmpp_3m (1-3), or of ipndm (1-4)")
     p.add_argument("--teleport", default=None, help="off, auto or KAPPA: start the sampler at sigma_hat = KAPPA "
                                                     "x the data's largest std, reached by the exact Gaussian flow")
     p.add_argument("--predictor", default=None, help="predictor of the pc sampler")
@@ -74,6 +85,13 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snr", type=float, default=None, help="signal-to-noise ratio of the Langevin corrector")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight w (class-conditional runs trained with label dropout)")
+    p.add_argument("--solver", default=None, help="fitted: the run's solver from `diffjax fit-solver` (in "
+                                                  "WORKDIR/solvers/), or the path of a fitted solver's .npz")
+    p.add_argument("--nfe", type=_int_in(2, 1000, "a number of evaluations"), default=None,
+                   help="with --solver fitted: the fitted solver of this many score evaluations")
+    p.add_argument("--noise", choices=("independent", "brownian"), default=None,
+                   help="stochastic samplers: fresh noise per step, or one Brownian path per example whatever "
+                        "the number of steps (refining a sample converges to one path)")
 
 
 def _distributed_flags(p: argparse.ArgumentParser) -> None:
@@ -104,7 +122,8 @@ def _run_flags(p: argparse.ArgumentParser, num_default, num_help: str, several_w
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diffjax", description="Score-based generative models through SDEs, in JAX.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,likelihood,evaluate}",
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,sample,likelihood,evaluate,fit-solver}",
                                 parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a config (default: digits) in a work directory, resuming if possible",
@@ -127,6 +146,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output .npz (default: WORKDIR/samples/samples_STEP.npz, or "
                                                "superpose_MODE_STEP.npz in the first WORKDIR); a PNG grid is "
                                                "written beside it")
+    g = p.add_argument_group("inverse problems (reconstructions written beside the measurement, FILE_METHOD.npz)")
+    g.add_argument("--inverse", choices=("inpaint", "superres", "deblur", "colorize"), default=None,
+                   help="the measurement's operator (see diffjax.run.inverse)")
+    g.add_argument("--measurement", default=None, help="the measurement file (.npz with y in [0, 1]; "
+                                                       "diffjax.run.inverse.write_measurement writes one)")
+    g.add_argument("--method", choices=("pigdm", "dps", "ddnm", "project", "reddiff", "smc"), default="pigdm",
+                   help="the posterior sampler (default pigdm)")
+    g.add_argument("--particles", type=_int_in(2, 100000, "a number of particles"), default=64,
+                   help="smc: particles per measurement (default 64)")
     g = p.add_argument_group("superposition of runs (SuperDiff; give --workdir two or more times)")
     g.add_argument("--superpose", choices=("or", "and"), default=None,
                    help="or: sample the mixture of the runs' distributions; and: where their densities are equal")
@@ -154,6 +182,33 @@ def _parser() -> argparse.ArgumentParser:
     _sampling_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _distributed_flags(p)
+
+    p = sub.add_parser("fit-solver", help="fit a solver of few evaluations to the run's own probability-flow "
+                                          "paths; sample with it by --solver fitted")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--nfe", type=_int_in(2, 1000, "a number of evaluations"), default=5,
+                   help="score evaluations per sample, the final denoising included (default 5)")
+    p.add_argument("--sampler", default="ipndm",
+                   help="ipndm (grid and per-update weights fitted; default), or a one-evaluation step whose grid "
+                        "is fitted: unipc, dpmpp_2m, dpmpp_3m, ddim")
+    p.add_argument("--paths", type=_int_in(8, 65536, "a number of paths"), default=256,
+                   help="teacher paths (default 256; a quarter held out to validate)")
+    p.add_argument("--teacher-points", type=_int_in(8, 4096, "a number of times"), default=64,
+                   help="teacher times kept, where the grid search may place a step (default 64)")
+    p.add_argument("--refine", type=_int_in(1, 256, "a refinement"), default=8,
+                   help="UniPC-3 steps of the teacher between kept times (default 8)")
+    p.add_argument("--iters", type=_int_in(0, 100000, "a number of iterations"), default=100,
+                   help="Adam iterations of the fit (default 100), each on --batch-paths teacher paths")
+    p.add_argument("--learning-rate", type=_finite_positive_number, default=0.1,
+                   help="Adam's learning rate, cosine-decayed to a tenth (default 0.1)")
+    p.add_argument("--batch-paths", type=_int_in(1, 65536, "a number of paths"), default=64,
+                   help="teacher paths per iteration (default 64)")
+    p.add_argument("--analytic-first", choices=("auto", "on", "off"), default="on",
+                   help="the first update by the data's Gaussian flow (no evaluation): on (default), off, or "
+                        "auto (fit both, keep the better on held-out paths)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--out", default=None, help="the solver's .npz (default WORKDIR/solvers/SAMPLER_nfeN.npz)")
     return parser
 
 
@@ -195,7 +250,8 @@ def _superpose(args) -> int:
     workdirs = args.workdir
     if len(workdirs) < 2:
         raise ValueError(f"--superpose needs two or more runs (--workdir A --workdir B); got {len(workdirs)}")
-    unused = [f"--{f}" for f in ("sampler", "order", "teleport", "predictor", "corrector", "snr", "guidance")
+    unused = [f"--{f}" for f in ("sampler", "order", "teleport", "predictor", "corrector", "snr", "guidance",
+                                 "solver", "nfe", "noise")
               if getattr(args, f) is not None]
     if unused:
         raise ValueError(f"--superpose runs its own sampler (Euler-Maruyama with the Itô density estimator, or "
@@ -224,12 +280,15 @@ def _sample(args) -> int:
     import jax
 
     from diffjax.run import generate, load_run, write_samples
+    from diffjax.run.build import sampler_name
     from diffjax.run.files import check_output_path
 
     if args.out is not None:
         check_output_path(args.out, ".npz", "--out", siblings=(".png",))
     if args.superpose:
         return _superpose(args)
+    if args.inverse or args.measurement:
+        return _inverse(args)
     if len(args.workdir) > 1:
         raise ValueError(f"several --workdir given ({', '.join(args.workdir)}); sampling several runs together "
                          "needs --superpose or|and")
@@ -245,7 +304,34 @@ def _sample(args) -> int:
         check_output_path(out, ".npz", "the run's samples folder (or give --out)", siblings=(".png",))
     x, nfe = generate(run, jax.random.PRNGKey(args.seed), args.num, args.batch)
     png = write_samples(run, x, out)
-    print(f"{len(x)} samples ({run.config.sampling.method}, {nfe} score evaluations each) -> {out}, {png}")
+    print(f"{len(x)} samples ({sampler_name(run.config)}, {nfe} score evaluations each) -> {out}, {png}")
+    return 0
+
+
+def _inverse(args) -> int:
+    import jax
+
+    from diffjax.run import load_run, write_samples
+    from diffjax.run.build import data_range
+    from diffjax.run.files import check_output_path
+    from diffjax.run.inverse import output_path, reconstruct
+
+    if not args.inverse or not args.measurement:
+        raise ValueError("an inverse problem needs both --inverse KIND and --measurement FILE.npz")
+    if len(args.workdir) > 1:
+        raise ValueError("an inverse problem takes one --workdir")
+    unused = [f"--{f}" for f in ("sampler", "order", "teleport", "predictor", "corrector", "snr", "guidance",
+                                 "solver", "nfe", "noise") if getattr(args, f) is not None]
+    if unused:
+        raise ValueError(f"--inverse runs its method's own sampler (--method, --steps); {', '.join(unused)} do not apply")
+    out = args.out or output_path(args.measurement, args.method)
+    check_output_path(out, ".npz", "--out (the reconstructions)", siblings=(".png",))
+    run = load_run(args.workdir[0], args.step)
+    x, nfe, kind = reconstruct(run, jax.random.PRNGKey(args.seed), args.measurement, args.method, kind=args.inverse,
+                               num_steps=args.steps, particles=args.particles, batch_size=args.batch)
+    lo, hi = data_range(run.config)
+    png = write_samples(run, lo + (hi - lo) * x, out)
+    print(f"{len(x)} reconstructions ({kind}, {args.method}, about {nfe} network passes each) -> {out}, {png}")
     return 0
 
 
@@ -278,6 +364,29 @@ def _fp_residual(args) -> int:
     if jax.process_index() == 0:
         write_json(out, {**ev, OUTPUT_KEY: run.step})
         print(f"-> {out}")
+    return 0
+
+
+def _fit_solver(args) -> int:
+    import jax
+
+    from diffjax.run import load_run
+    from diffjax.run.fit import fit_run_solver
+
+    run = load_run(args.workdir, args.step)
+    solver, report, out = fit_run_solver(run, jax.random.PRNGKey(args.seed), args.nfe, args.sampler,
+                                         paths=args.paths, num_points=args.teacher_points, refine=args.refine,
+                                         iters=args.iters, batch_paths=args.batch_paths,
+                                         learning_rate=args.learning_rate,
+                                         analytic_first=args.analytic_first, out=args.out,
+                                         log=print)
+    teleport = report.get("validation_error_unipc3_log_snr_teleport")
+    print(f"fit-solver: {solver.nfe} score evaluations; held-out mean |x - x_teacher|: fitted {args.sampler} "
+          f"{report['validation_error']:.4g} (its training-free start {report['validation_error_init']:.4g}), "
+          f"UniPC-3 log-SNR {report['validation_error_unipc3_log_snr']:.4g}"
+          + ("" if teleport is None else f", with teleport {teleport:.4g}") + f"; kept {report['chosen']} -> {out}")
+    print(f"sample with: diffjax sample --workdir {args.workdir} --solver "
+          f"{'fitted --nfe ' + str(solver.nfe) if args.out is None else out}")
     return 0
 
 
@@ -314,7 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given and not args.distributed:
         _parser().error(f"{', '.join(given)} need --distributed")
     commands = {"train": lambda: _train(args, overrides), "sample": lambda: _sample(args),
-                "likelihood": lambda: _likelihood(args), "evaluate": lambda: _evaluate(args)}
+                "likelihood": lambda: _likelihood(args), "evaluate": lambda: _evaluate(args),
+                "fit-solver": lambda: _fit_solver(args)}
+    args.distributed = getattr(args, "distributed", False)  # fit-solver runs on one process
     try:
         if args.distributed:
             from diffjax.parallel import initialize_distributed

@@ -28,6 +28,18 @@ def mixture_2d() -> GaussianMixture:
     )
 
 
+def rotated_mixture(d: int, seed: int = 0, k: int = 3) -> GaussianMixture:
+    """k anisotropic components in d dimensions: rotated covariances with eigenvalues in [0.05, 0.5],
+    means ~ N(0, 1.5^2), weights uniform in [0.5, 1.5] normalised (float64 under x64)."""
+    rng = np.random.default_rng(seed)
+    covs = []
+    for _ in range(k):
+        q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+        covs.append(q @ np.diag(rng.uniform(0.05, 0.5, d)) @ q.T)
+    w = rng.uniform(0.5, 1.5, k)
+    return GaussianMixture(jnp.asarray(w / w.sum()), jnp.asarray(rng.normal(0, 1.5, (k, d))), jnp.asarray(np.stack(covs)))
+
+
 def mixture_3d() -> GaussianMixture:
     """Anisotropic 3-D mixture: unequal weights, rotated covariances with eigenvalues in [0.05, 0.4]."""
     rng = np.random.default_rng(0)

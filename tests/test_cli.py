@@ -79,6 +79,36 @@ def test_cli_end_to_end_train_sample_likelihood(tmp_path, capsys):
     np.testing.assert_allclose(fit["mean"], data.levels_to_model(data.digits_split("train")[0], 17).reshape(-1, 64).mean(0),
                                atol=1e-4)  # float32 levels against the float64 fit
     assert cli.main(["sample", "--workdir", workdir, "--num", "4", "--teleport", "far"]) == 2
+    # a solver fitted to the run's own paths, stored in the run and found by --solver fitted
+    assert cli.main(["sample", "--workdir", workdir, "--num", "4", "--solver", "fitted"]) == 2
+    assert "no fitted solver" in capsys.readouterr().err
+    assert cli.main(["fit-solver", "--workdir", workdir, "--nfe", "4", "--paths", "16", "--teacher-points", "8",
+                     "--refine", "2", "--iters", "3", "--batch-paths", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "fit-solver: 4 score evaluations; held-out" in text and "kept" in text
+    assert os.path.isfile(os.path.join(workdir, "solvers", "ipndm_nfe4.npz"))
+    assert os.path.isfile(os.path.join(workdir, "solvers", "teacher_20.npz"))
+    out4 = str(tmp_path / "s" / "fitted.npz")
+    assert cli.main(["sample", "--workdir", workdir, "--num", "4", "--solver", "fitted", "--out", out4]) == 0
+    assert "fitted solver fitted, 4 score evaluations" in capsys.readouterr().out
+    assert np.all(np.isfinite(np.load(out4)["images"]))
+    assert cli.main(["sample", "--workdir", workdir, "--num", "4", "--solver", "fitted", "--nfe", "6"]) == 2
+    assert "no fitted solver of 6 evaluations" in capsys.readouterr().err
+    # an inverse problem: DDNM inpainting keeps the observed pixels exactly (noiseless y)
+    from diffjax.run.inverse import write_measurement
+
+    truth = data.levels_to_model(data.digits_split("test")[0][:4].astype(np.float32), 17, (0.0, 1.0))
+    measured = str(tmp_path / "m" / "inpaint.npz")
+    os.makedirs(os.path.dirname(measured))
+    y = write_measurement(measured, "inpaint", truth)
+    assert cli.main(["sample", "--workdir", workdir, "--inverse", "inpaint", "--measurement", measured,
+                     "--method", "ddnm", "--steps", "3"]) == 0
+    assert "4 reconstructions (inpaint, ddnm" in capsys.readouterr().out
+    rec = np.load(str(tmp_path / "m" / "inpaint_ddnm.npz"))["images"]
+    observed = np.load(measured)["mask"] > 0
+    np.testing.assert_allclose(rec[:, observed], y[:, observed], atol=1e-5)
+    assert cli.main(["sample", "--workdir", workdir, "--inverse", "inpaint"]) == 2
+    assert "needs both --inverse KIND and --measurement" in capsys.readouterr().err
 
     capsys.readouterr()
     assert cli.main(["likelihood", "--workdir", workdir, "--num", "8", "--rtol", "1e-2"]) == 0

@@ -96,6 +96,7 @@ STEP_VARIANTS = {
     "dpmpp_3m": ({}, [{"order": 2}, {"weighting": "reference"}, {"lower_order_final": False}]),
     "dpmpp_3m_sde": ({}, [{"eta": 0.5}, {"order": 2}, {"weighting": "reference"}]),
     "unipc": ({}, [{"order": 2}, {"variant": "bh1"}, {"corrector": False}, {"predictor": "dpmpp"}]),
+    "ipndm": ({}, [{"order": 3}]),
 }
 
 

@@ -85,6 +85,10 @@ def get_default():
     sa.num_samples = 64         # the PNG grid at the end of training (0: none)
     sa.batch_size = 256         # samples per compiled call
     sa.guidance_weight = 0.0    # classifier-free guidance w: (1 + w) s(x | y) - w s(x)
+    sa.solver = ""              # "": the options above; "fitted": the run's solver from `diffjax fit-solver`
+                                # (WORKDIR/solvers/), or the path of a fitted solver's .npz
+    sa.solver_nfe = 0           # with solver "fitted": the fitted solver of this many evaluations (0: the only one)
+    sa.noise = "independent"    # stochastic steps: independent | brownian (one path per example, any grid)
 
     c.eval = e = ml_collections.ConfigDict()
     e.bpd_num_examples = 0      # test examples for bits/dim at the end of training (0: skip)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax._checks import describe
+from diffjax.numerics.brownian import BrownianIncrement
 
 Array = jax.Array
 
@@ -38,11 +39,17 @@ def example_keys(key: Array, batch_size: int) -> Array:
 
 def fold_keys(keys: Array, data: int | Array) -> Array:
     """fold_in every per-example key with the same ``data`` (a step or sub-step index)."""
+    if isinstance(keys, BrownianIncrement):
+        raise TypeError("this step draws more than one normal per update, which noise='brownian' does not support "
+                        "(it gives one Brownian increment per update); use noise='independent'")
     return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
 
 
 def normal_like(keys: Array, x: Array) -> Array:
-    """Standard normal noise of x's shape, each example drawn from its own key."""
+    """Standard normal noise of x's shape, each example drawn from its own key (or, given a
+    :class:`~diffjax.numerics.brownian.BrownianIncrement`, the normalised increment of its path)."""
+    if isinstance(keys, BrownianIncrement):
+        return keys.normal(x)
     return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
 
 

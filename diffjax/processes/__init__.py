@@ -25,6 +25,7 @@ from diffjax.processes.schedules import (
     NoiseLevelTime,
     OneSidedInterpolant,
     RectifiedFlow,
+    zero_terminal_snr,
 )
 
 PROCESSES = {cls.name: cls for cls in (VESDE, VPSDE, SubVPSDE, EDM, CosineVP, RectifiedFlow, OneSidedInterpolant,
@@ -32,4 +33,4 @@ PROCESSES = {cls.name: cls for cls in (VESDE, VPSDE, SubVPSDE, EDM, CosineVP, Re
 
 __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "EDM", "CosineVP", "RectifiedFlow", "OneSidedInterpolant",
            "CustomProcess", "PFGMPP", "NoiseLevelTime", "ReverseSDE", "probability_flow_drift", "PROCESSES", "process_class", "check_batch_time", "check_t_end",
-           "check_epsilon", "INTERPOLANT_ALPHAS", "INTERPOLANT_GAMMAS"]
+           "check_epsilon", "INTERPOLANT_ALPHAS", "INTERPOLANT_GAMMAS", "zero_terminal_snr"]

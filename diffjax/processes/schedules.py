@@ -18,7 +18,7 @@ from diffjax.processes.base import SDE, check_num_steps, concrete_float, process
 Array = jax.Array
 
 __all__ = ["NoiseLevelTime", "EDM", "CosineVP", "RectifiedFlow", "OneSidedInterpolant", "CustomProcess",
-           "INTERPOLANT_ALPHAS", "INTERPOLANT_GAMMAS", "check_time_domain"]
+           "INTERPOLANT_ALPHAS", "INTERPOLANT_GAMMAS", "check_time_domain", "zero_terminal_snr"]
 
 
 def check_time_domain(name: str, t_end, t_max, upper: float, open_top: bool = False) -> None:
@@ -335,3 +335,23 @@ class CustomProcess(SDE):
         if self.params is None:
             return self.marginal_fn(jnp.asarray(t))
         return self.marginal_fn(jnp.asarray(t), self.params)
+
+
+def _zero_terminal_marginal(t, base):
+    a0 = base.marginal_coeffs(jnp.zeros((), jnp.result_type(t, jnp.float32)))[0]
+    a_end = base.marginal_coeffs(jnp.asarray(base.T, jnp.result_type(t, jnp.float32)))[0]
+    a = (base.marginal_coeffs(t)[0] - a_end) * a0 / (a0 - a_end)
+    return a, jnp.sqrt(jnp.maximum(1.0 - a * a, 0.0))
+
+
+def zero_terminal_snr(base: SDE, t_max: float | None = None) -> CustomProcess:
+    """A variance-preserving ``base`` (VP, cosine) rescaled to zero terminal SNR (Lin et al. 2024):
+    sqrt(abar) <- (sqrt(abar) - sqrt(abar_T)) sqrt(abar_0) / (sqrt(abar_0) - sqrt(abar_T)), sigma^2 = 1 - a^2,
+    so a(T) = 0 and the prior N(0, I) is the exact marginal at T, while a(0) is unchanged. Sampling
+    starts at ``t_max`` (default T (1 - 1e-3)) where a > 0: at T itself x holds nothing of x0 and a score
+    network's noise prediction is useless (train such processes with v- or x0-prediction)."""
+    if not isinstance(base, SDE):
+        raise TypeError(f"zero_terminal_snr rescales a diffjax process; got {type(base).__name__}")
+    t_max = float(base.T) * (1 - 1e-3) if t_max is None else float(t_max)
+    return CustomProcess(_zero_terminal_marginal, t_max=t_max, t_end=float(getattr(base, "t_end", 1e-3)),
+                         N=int(getattr(base, "N", 1000)), params=base)

@@ -16,7 +16,7 @@ from diffjax.processes import (EDM, PFGMPP, PROCESSES, SDE, CosineVP, NoiseLevel
                                SubVPSDE, VESDE, VPSDE)
 
 __all__ = ["LOSSES", "loss_name", "build_sde", "build_model", "build_loader", "build_loss", "build_optimizer", "build_sampler",
-           "data_gaussian_fit",
+           "sampler_name", "data_gaussian_fit",
            "init_state", "model_batch", "is_toy", "data_range", "data_levels", "example_shape"]
 
 
@@ -208,12 +208,27 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def build_sampler(config, sde, workdir: str = "") -> samplers.Sampler:
+def sampler_name(config) -> str:
+    """How a run's samples are drawn, in words for messages: the method, or the fitted solver."""
+    s = config.sampling
+    if s.get("solver", ""):
+        return f"fitted solver {s.solver}" + (f" of {s.solver_nfe} evaluations" if s.get("solver_nfe", 0) else "")
+    return s.method
+
+
+def build_sampler(config, sde, workdir: str = ""):
     """The :class:`~diffjax.samplers.Sampler` of ``config.sampling`` (see
     :func:`diffjax.samplers.make_sampler`, which says what every option means); the data's Gaussian fit
-    (for ``grid="fitted"`` and teleportation) is the run's stored one (:func:`data_gaussian_fit`)."""
+    (for ``grid="fitted"`` and teleportation) is the run's stored one (:func:`data_gaussian_fit`).
+    With ``sampling.solver`` set, the fitted solver it names instead (a
+    :class:`~diffjax.samplers.learned.FittedSolver`, called the same way; :mod:`diffjax.run.fit`)."""
     s = config.sampling
+    if s.get("solver", ""):
+        from diffjax.run.fit import load_fitted_solver
+
+        return load_fitted_solver(workdir, s.solver, int(s.get("solver_nfe", 0)), sde)
     return samplers.make_sampler(
         sde, s.method, num_steps=s.num_steps, grid=s.grid, order=int(s.get("order", 0)), predictor=s.predictor,
         corrector=s.corrector, snr=s.snr, langevin_steps=s.langevin_steps, teleport=s.get("teleport", "off"),
-        denoise=bool(s.noise_removal), ode_rtol=s.ode_rtol, fit=lambda: data_gaussian_fit(config, workdir))
+        denoise=bool(s.noise_removal), ode_rtol=s.ode_rtol, fit=lambda: data_gaussian_fit(config, workdir),
+        noise=s.get("noise", "independent"))

@@ -16,7 +16,7 @@ from diffjax import data, fokker_planck, metrics, parallel
 from diffjax._jit import filter_jit
 from diffjax.likelihood import bits_per_dim, log_likelihood
 from diffjax.results import NonFiniteError
-from diffjax.run.build import build_loader, data_range, is_toy
+from diffjax.run.build import build_loader, data_range, is_toy, sampler_name
 from diffjax.run.generate import generate, plan_batches, run_score_fn, to_unit_range
 from diffjax.run.load import Run
 
@@ -152,7 +152,7 @@ def evaluate(run: Run, key, num: int = 1000, batch_size: Optional[int] = None, i
     train_f, _ = featurize(_reference_images(config, "train", max(num, 2000 if kind == "digits" else num)))
     sample_f, sample_p = featurize(samples)
     test_f, test_p = featurize(_reference_images(config, "test", num))
-    return {"features": kind, "step": run.step, "sampler": config.sampling.method, "nfe": nfe,
+    return {"features": kind, "step": run.step, "sampler": sampler_name(config), "nfe": nfe,
             "samples": metrics.evaluate_features(sample_f, sample_p, train_f),
             "test_split": metrics.evaluate_features(test_f, test_p, train_f), **extra}
 

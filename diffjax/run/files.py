@@ -17,7 +17,9 @@ import json
 import os
 import tempfile
 import time
-from typing import Callable, Optional
+from typing import Optional
+
+from diffjax._io import OUTPUT_KEY, atomic_write
 
 __all__ = ["MARKER", "RUN_FORMAT", "RUN_FILES", "claim_workdir", "read_marker", "is_run", "check_run_layout",
            "check_writable_dir", "check_output_path", "atomic_write", "write_json", "OUTPUT_KEY"]
@@ -27,13 +29,10 @@ _OLD_MARKER = ".diffjax_run.json"  # diffjax 0.1's name; a hidden file was lost 
 # what train writes at the top of a run, and the kind each must be
 RUN_FILES = {"config.json": "file", "metrics.jsonl": "file", "results.json": "file", "samples.npz": "file",
              "samples.png": "file", "training_curves.png": "file", "checkpoints": "folder",
-             "tensorboard": "folder", "samples": "folder", "eval": "folder"}
+             "tensorboard": "folder", "samples": "folder", "eval": "folder", "solvers": "folder"}
 # 2: every checkpoint carries a digest of its files (diffjax.checkpoint); runs of format 1 (no marker)
 # have checkpoints without digests up to the step recorded as "digests_from"
 RUN_FORMAT = 2
-# an array stored in every .npz that diffjax writes, so a rerun may replace its own output and
-# never a file of the user's
-OUTPUT_KEY = "diffjax_output"
 
 
 def _error(message: str) -> ValueError:
@@ -219,21 +218,6 @@ def _written_by_us(path: str) -> bool:
     except Exception:  # noqa: BLE001 - anything unreadable is not ours
         return False
     return False
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` writes a temporary file beside ``path``, which then replaces ``path`` in one rename:
-    readers see the old file or the whole new one, never half of it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_json(path: str, value) -> None:

@@ -14,7 +14,7 @@ from diffjax import guidance, images, models, parallel, samplers, superposition
 from diffjax._jit import bind, filter_jit
 from diffjax.results import NonFiniteError
 from diffjax.run import files
-from diffjax.run.build import build_sampler, data_range, example_shape, is_toy
+from diffjax.run.build import build_sampler, data_range, example_shape, is_toy, sampler_name
 from diffjax.run.load import Run
 from diffjax.run.logging import progress_range
 
@@ -91,7 +91,7 @@ def generate(run: Run, key, num: int, batch_size: Optional[int] = None, class_la
     nfe = max(nfes)
     failed = failed[:num]
     if check_finite and np.any(failed >= 0):
-        raise NonFiniteError(f"{int(np.sum(failed >= 0))} of {num} samples ({config.sampling.method}) became NaN or "
+        raise NonFiniteError(f"{int(np.sum(failed >= 0))} of {num} samples ({sampler_name(config)}) became NaN or "
                              f"Inf, the first at update {int(failed[failed >= 0].min())}: the run's score is "
                              "non-finite there (a diverged run?); nothing was written")
     return out[:num].astype(np.float32), nfe

@@ -23,7 +23,19 @@ from diffjax.samplers.grids import (
     karras_timesteps,
     log_snr_timesteps,
     quadratic_timesteps,
+    trailing_timesteps,
     uniform_timesteps,
+)
+from diffjax.samplers.learned import (
+    IPNDM_COEFFS,
+    FittedSolver,
+    Teacher,
+    dp_grid,
+    fit_solver,
+    gits_timesteps,
+    ipndm,
+    solver_error,
+    teacher_trajectories,
 )
 from diffjax.samplers.multistep import dpmpp_3m, dpmpp_3m_sde, unipc
 from diffjax.samplers.ode import ode_euler, ode_heun, ode_rk4, ode_sample
@@ -51,9 +63,10 @@ __all__ = [
     "tweedie_denoise", "with_num_steps", "get_step", "STEPS", "Sampler", "make_sampler",
     "euler_maruyama", "reverse_diffusion", "ancestral_sampling", "langevin", "annealed_langevin",
     "ode_euler", "ode_heun", "ode_rk4", "ode_sample", "ddim", "edm_heun", "dpmpp_2m", "dpmpp_2m_sde",
-    "dpmpp_3m", "dpmpp_3m_sde", "unipc",
+    "dpmpp_3m", "dpmpp_3m_sde", "unipc", "ipndm", "IPNDM_COEFFS",
+    "Teacher", "teacher_trajectories", "dp_grid", "gits_timesteps", "FittedSolver", "fit_solver", "solver_error",
     "track_log_density", "probability_flow_density", "sample_with_log_density",
     "GaussianFit", "fit_gaussian", "fitted_timesteps", "gaussian_score", "gaussian_solver_error", "gaussian_teleport",
     "teleport_sample", "teleport_t_skip",
-    "uniform_timesteps", "karras_timesteps", "log_snr_timesteps", "quadratic_timesteps", "TIME_GRIDS",
+    "uniform_timesteps", "karras_timesteps", "log_snr_timesteps", "quadratic_timesteps", "trailing_timesteps", "TIME_GRIDS",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax._checks import is_traced
 from diffjax.processes import SDE
@@ -16,7 +17,8 @@ from diffjax.processes import SDE
 Array = jax.Array
 MAX_STEPS = 10 ** 7  # beyond this a grid alone fills gigabytes; no sampler needs it
 
-__all__ = ["uniform_timesteps", "karras_timesteps", "log_snr_timesteps", "quadratic_timesteps", "TIME_GRIDS"]
+__all__ = ["uniform_timesteps", "karras_timesteps", "log_snr_timesteps", "quadratic_timesteps", "trailing_timesteps",
+           "TIME_GRIDS"]
 
 
 def _check(sde: SDE, n: int, t_end: float | None, t_max: float | None = None) -> tuple[float, float]:
@@ -89,8 +91,24 @@ def karras_timesteps(sde: SDE, n: int, t_end: float | None = None, rho: float = 
     return _checked(_pin_ends(sde.t_from_log_snr(-jnp.log(sig)), t_max, t_end))
 
 
+def trailing_timesteps(sde: SDE, n: int, t_end: float | None = None, dtype=jnp.float32,
+                       t_max: float | None = None) -> Array:
+    """"Trailing" spacing of discrete-time samplers (Lin et al. 2024): the process's N steps
+    (``sde.N``) taken every N / n from the last one, k_i = round(N - i N / n) for i < n, as times
+    t_max k_i / N, then t_end. It always starts at T (what "leading" and "linspace" spacings of
+    DDPM indices miss); on a continuous process it is the uniform grid rounded to the N steps."""
+    (t_end, t_max), dtype = _check(sde, n, t_end, t_max), _dtype(dtype)
+    big_n = int(getattr(sde, "N", 1000))
+    if n > big_n:
+        raise ValueError(f"trailing spacing takes at most the process's N = {big_n} steps; got {n}")
+    k = np.round(big_n - np.arange(n) * big_n / n)
+    ts = jnp.concatenate([jnp.asarray(t_max * k / big_n, dtype), jnp.asarray([t_end], dtype)])
+    return _checked(ts)
+
+
 TIME_GRIDS = {
     "uniform": uniform_timesteps,
+    "trailing": trailing_timesteps,
     "quadratic": quadratic_timesteps,
     "log_snr": log_snr_timesteps,
     "karras": karras_timesteps,

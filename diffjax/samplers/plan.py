@@ -21,9 +21,10 @@ import numpy as np
 from diffjax._checks import check_int, check_real
 from diffjax.processes import SDE
 from diffjax.samplers.base import Step, chain
-from diffjax.samplers.driver import sample
+from diffjax.samplers.driver import NOISES, sample
 from diffjax.samplers.fast import ddim, dpmpp_2m, dpmpp_2m_sde, edm_heun
 from diffjax.samplers.grids import TIME_GRIDS
+from diffjax.samplers.learned import ipndm
 from diffjax.samplers.multistep import dpmpp_3m, dpmpp_3m_sde, unipc
 from diffjax.samplers.ode import ode_euler, ode_heun, ode_rk4, ode_sample
 from diffjax.samplers.predictors import ancestral_sampling, annealed_langevin, euler_maruyama, langevin, reverse_diffusion
@@ -33,7 +34,7 @@ __all__ = ["STEPS", "GRIDS", "get_step", "Sampler", "make_sampler", "teleport_ka
 
 STEPS = {cls.__name__: cls for cls in (
     euler_maruyama, reverse_diffusion, ancestral_sampling, langevin, annealed_langevin, ode_euler, ode_heun, ode_rk4,
-    ddim, edm_heun, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, unipc)}
+    ddim, edm_heun, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, unipc, ipndm)}
 """Every step by its one name (the class's own)."""
 
 GRIDS = (*TIME_GRIDS, "fitted")
@@ -99,6 +100,7 @@ class Sampler:
     fit: Any = dataclasses.field(default=None, compare=False)
     t_skip: Optional[float] = None
     fit_digest: str = ""  # stands for ``fit`` in comparisons (its arrays are not hashable)
+    noise: str = "independent"
 
     @property
     def nfe(self) -> Optional[int]:
@@ -117,23 +119,28 @@ class Sampler:
             ts = TIME_GRIDS[self.grid](self.sde, self.num_steps)
         if self.t_skip is not None:
             x_init = gaussian_teleport(self.sde, x_init, self.sde.T, self.t_skip, self.fit)
-        return sample(self.step, score_fn, key, x_init, ts, denoise=self.denoise)
+        return sample(self.step, score_fn, key, x_init, ts, denoise=self.denoise, noise=self.noise)
 
 
 def make_sampler(sde: SDE, method: str = "dpmpp_2m", *, num_steps: int = 50, grid: str = "log_snr", order: int = 0,
                  predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
                  langevin_steps: int = 1, teleport: Union[str, float, None] = None, denoise: bool = True,
-                 ode_rtol: float = 1e-5, fit: Union[GaussianFit, Callable[[], GaussianFit], None] = None) -> Sampler:
+                 ode_rtol: float = 1e-5, fit: Union[GaussianFit, Callable[[], GaussianFit], None] = None,
+                 noise: str = "independent") -> Sampler:
     """The :class:`Sampler` the options name.
 
     ``method``: a step name of :data:`STEPS` on ``grid`` (a :data:`~diffjax.samplers.TIME_GRIDS`
     name, or "fitted": fitted to the data's Gaussian, :func:`~diffjax.samplers.fitted_timesteps`)
     with ``num_steps`` updates; "pc" with ``predictor``, ``corrector`` ("none": the predictor
     alone), ``snr`` and ``langevin_steps``; or "ode", the adaptive probability-flow ODE (``ode_rtol``).
-    ``order`` (> 0) sets the order of unipc / dpmpp_3m. ``teleport`` ("auto" or kappa) teleports to
+    ``order`` (> 0) sets the order of unipc / dpmpp_3m (1-3) or ipndm (1-4). ``teleport`` ("auto" or kappa) teleports to
     t_skip (:func:`~diffjax.samplers.teleport_t_skip`) and lays the grid below it. Fitted grids and
     teleportation need the data's Gaussian ``fit`` (or a function returning it, called only then).
+    ``noise``: "independent" or "brownian" (stochastic steps on one Brownian path per example,
+    whatever the grid; see :func:`~diffjax.samplers.sample`).
     """
+    if noise not in NOISES:
+        raise ValueError(f"sampling.noise must be one of {NOISES}; got {noise!r}")
     if method == "ode":
         check_real("make_sampler", "ode_rtol", ode_rtol, lo=0.0, lo_open=True)
         return Sampler(sde, None, ode_rtol=float(ode_rtol), denoise=bool(denoise))
@@ -145,14 +152,16 @@ def make_sampler(sde: SDE, method: str = "dpmpp_2m", *, num_steps: int = 50, gri
         step = get_step("pc", sde, predictor=predictor, corrector=corrector,
                         **({} if corrector == "none" else dict(snr=snr, langevin_steps=langevin_steps)))
     elif order:
-        if method not in ("unipc", "dpmpp_3m"):
-            raise ValueError(f"sampling.order (--order) sets the order of unipc or dpmpp_3m; {method!r} has a fixed "
-                             "order (set order 0, or drop --order)")
+        if method not in ("unipc", "dpmpp_3m", "ipndm"):
+            raise ValueError(f"sampling.order (--order) sets the order of unipc, dpmpp_3m or ipndm; {method!r} has a "
+                             "fixed order (set order 0, or drop --order)")
+        if order > 3 and method != "ipndm":
+            raise ValueError(f"sampling.order of {method} is 1, 2 or 3 (4 is ipndm's); got {order}")
         step = get_step(method, sde, order=order)
     else:
         step = get_step(method, sde)
     if kappa is None and grid != "fitted":
-        return Sampler(sde, step, grid, int(num_steps), bool(denoise))
+        return Sampler(sde, step, grid, int(num_steps), bool(denoise), noise=noise)
     fit = fit() if callable(fit) else fit
     if not isinstance(fit, GaussianFit):
         raise ValueError("a fitted grid or teleportation needs the data's Gaussian fit (fit=samplers.fit_gaussian(x))")
@@ -168,4 +177,4 @@ def make_sampler(sde: SDE, method: str = "dpmpp_2m", *, num_steps: int = 50, gri
     digest = hashlib.sha1(b"".join(np.ascontiguousarray(np.asarray(v, np.float64)).tobytes()
                                    for v in (fit.mean, fit.eigvals, fit.eigvecs, fit.residual_var))).hexdigest()
     return Sampler(sde, step, grid, int(num_steps), bool(denoise), timesteps=tuple(float(v) for v in np.asarray(ts)),
-                   fit=fit, t_skip=t_skip, fit_digest=digest)
+                   fit=fit, t_skip=t_skip, fit_digest=digest, noise=noise)
