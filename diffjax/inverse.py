@@ -38,6 +38,7 @@ pi_k N(y; A mu_k, S_k'); its normaliser is the evidence p(y).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -548,9 +549,15 @@ def red_diff(sde: SDE, score_fn, key: Array, op: LinearOperator, y: Array, times
     op.check_y(y)
     for name, v in (("learning_rate", learning_rate), ("lam", lam), ("obs_weight", obs_weight)):
         check_real("red_diff", name, v, lo=0.0)
+    return _red_diff(sde, score_fn, key, op, y, jnp.asarray(timesteps), float(learning_rate), float(lam),
+                     float(obs_weight))
+
+
+@functools.partial(jax.jit, static_argnums=(6, 7, 8))
+def _red_diff(sde, score_fn, key, op, y, ts, learning_rate, lam, obs_weight):
+    """The compiled loop of :func:`red_diff` (one program per shapes and hyper-parameters)."""
     import optax
 
-    ts = jnp.asarray(timesteps)
     mu = op.pinv(y).astype(ts.dtype if jnp.issubdtype(ts.dtype, jnp.floating) else jnp.float32)
     opt = optax.adam(learning_rate, b1=0.9, b2=0.99)
 
