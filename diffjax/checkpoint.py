@@ -4,7 +4,11 @@ Saves are atomic (orbax writes to a temporary directory and renames it), and eve
 carries a digest of its files (``diffjax_digest.json``: each file's size and SHA-256), written when
 the step is committed and verified before anything is restored from it: orbax's compressed arrays
 carry no checksum of their own, so a garbled byte, a truncated or missing file or a zeroed manifest
-would otherwise restore silently altered values. Restores always go against an abstract target
+would otherwise restore silently altered values. A save in progress is marked
+(``checkpoints/.diffjax_saving_<step>``, removed once the digest is written), so a step that lacks its
+digest because the process was killed while saving it is told apart from one whose digest went
+missing afterwards: :meth:`Checkpointer.cut_short_steps` lists the former (``train`` moves them
+aside and resumes from the newest complete step, saying so); the latter is a :class:`CheckpointError`. Restores always go against an abstract target
 (shapes, dtypes and shardings), so a run saved on 8 devices resumes on 1 or 4. A restore that fails
 raises :class:`CheckpointError` naming the step and touches nothing on disk: it is never turned into
 a silent fresh start.
@@ -25,6 +29,9 @@ import orbax.checkpoint as ocp
 __all__ = ["CheckpointError", "Checkpointer", "abstract_like", "DIGEST_FILE", "file_digests", "check_layout"]
 
 DIGEST_FILE = "diffjax_digest.json"
+# ``checkpoints/.diffjax_saving_<step>``: written before a step's save starts and removed once its digest
+# is written, so a step without a digest is known to be a save cut short (a kill) only when this is there
+SAVING_PREFIX = ".diffjax_saving_"
 
 
 class CheckpointError(RuntimeError):
@@ -115,7 +122,12 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, config: dict, data_state: dict) -> None:
         """Save synchronously (returns when the checkpoint is complete on disk, its digest written by
-        process 0)."""
+        process 0). A marker file brackets the save (see the module docstring)."""
+        marker = self.saving_marker(step)
+        if jax.process_index() == 0:
+            os.makedirs(self.directory, exist_ok=True)
+            with open(marker, "w") as f:
+                f.write(f"diffjax: the save of step {int(step)} started; removed when its digest is written\n")
         self._manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config), data=ocp.args.JsonSave(data_state)),
             force=True)
@@ -127,6 +139,29 @@ class Checkpointer:
             with os.fdopen(fd, "w") as f:
                 f.write(record)
             os.replace(tmp, os.path.join(directory, DIGEST_FILE))
+            os.remove(marker)
+
+    def saving_marker(self, step: int) -> str:
+        return os.path.join(self.directory, f"{SAVING_PREFIX}{int(step)}")
+
+    def cut_short_steps(self) -> list[int]:
+        """Steps whose save was started and never finished (no digest, the save's marker still there):
+        the process was killed while saving them. Newest first."""
+        return sorted((s for s in self.all_steps() if os.path.isfile(self.saving_marker(s))
+                       and not os.path.isfile(os.path.join(self.step_directory(s), DIGEST_FILE))), reverse=True)
+
+    def stale_markers(self) -> list[str]:
+        """Save markers left by a kill between a digest's write and the marker's removal, or by a save
+        killed before orbax committed its folder: paths to remove (their steps are complete or absent)."""
+        if not os.path.isdir(self.directory):
+            return []
+        cut = set(self.cut_short_steps())
+        out = []
+        for name in os.listdir(self.directory):
+            tail = name[len(SAVING_PREFIX):]
+            if name.startswith(SAVING_PREFIX) and tail.isdigit() and int(tail) not in cut:
+                out.append(os.path.join(self.directory, name))
+        return sorted(out)
 
     def verify(self, step: int) -> None:
         """Raise :class:`CheckpointError` unless ``step``'s files are those its digest recorded."""
@@ -134,6 +169,10 @@ class Checkpointer:
         where = f"could not restore step {step} from {self.directory}"
         path = os.path.join(directory, DIGEST_FILE)
         if not os.path.isfile(path):
+            if os.path.isfile(self.saving_marker(step)):
+                raise CheckpointError(f"{where}: its save was cut short (the process stopped while saving it; no "
+                                      f"{DIGEST_FILE}); `diffjax train` moves such a step aside and resumes from the "
+                                      "newest complete one")
             if self.digests_from is not None and step >= self.digests_from:
                 raise CheckpointError(f"{where}: it has no {DIGEST_FILE} (its save was cut short, or the file was "
                                       f"removed), so its contents cannot be trusted; {_WHAT_NOW}")

@@ -362,7 +362,7 @@ CLI_CASES = [
     ("unknown split", ["likelihood", "--workdir", "{run}", "--split", "val"], "--split must be test or train"),
     ("negative likelihood examples", ["likelihood", "--workdir", "{run}", "--num", "-5"], "argument --num: expected a positive integer"),
     ("image metrics of a toy", ["evaluate", "--workdir", "{run}", "--num", "4"], "evaluate scores images"),
-    ("overrides outside train", ["sample", "--workdir", "{run}", "--config.seed=1"], "apply to `diffjax train` only"),
+    ("overrides outside train", ["sample", "--workdir", "{run}", "--config.seed=1"], "apply to `diffjax train` and `diffjax distill` only"),
     ("unknown command", ["frobnicate"], "invalid choice: 'frobnicate'"),
     ("unknown flag", ["sample", "--workdir", "{run}", "--heat", "2"], "unrecognised arguments"),
     ("superposing one run", ["sample", "--workdir", "{run}", "--superpose", "or"], "two or more runs"),
@@ -532,6 +532,42 @@ def test_restore_intact_moves_a_corrupt_step_aside_and_resumes_the_newest_intact
     assert sorted(os.listdir(os.path.join(run, "corrupt_checkpoints"))) == ["4"]
     from diffjax import checkpoint
     assert checkpoint.Checkpointer(os.path.join(run, "checkpoints")).all_steps() == [2, 4, 6]  # 4 saved anew
+
+
+def test_a_save_cut_short_by_a_kill_is_set_aside_and_the_run_resumes(tmp_path, capsys):
+    """A kill between orbax's commit of step 4 and its digest (what a slower CI machine hit): the save's
+    marker is still there, so train says the save was cut short, moves the step to
+    incomplete_checkpoints/ and resumes from step 2; the same step without the marker (a digest
+    removed afterwards) is still refused."""
+    from diffjax import checkpoint
+
+    run = str(tmp_path / "killed")
+    toy = [a for a in TOY if not a.startswith("--config.training.n_iters")]
+    assert main(["train", "--workdir", run, *toy, "--config.training.n_iters=4"]) == 0
+    ckpts = os.path.join(run, "checkpoints")
+    assert not [f for f in os.listdir(ckpts) if f.startswith(checkpoint.SAVING_PREFIX)]  # removed after each save
+    cut = str(tmp_path / "cut")
+    shutil.copytree(run, cut)
+    os.remove(os.path.join(cut, "checkpoints", "4", checkpoint.DIGEST_FILE))
+    _write(os.path.join(cut, "checkpoints", checkpoint.SAVING_PREFIX + "4"), "started")
+    _write(os.path.join(cut, "checkpoints", checkpoint.SAVING_PREFIX + "9"), "a save killed before orbax's commit")
+    with open(os.path.join(cut, "checkpoints", "4", "state", "_METADATA"), "rb") as f:
+        step4 = f.read()
+    capsys.readouterr()
+    assert main(["train", "--workdir", cut, *toy, "--config.training.n_iters=6"]) == 0
+    out = capsys.readouterr().out
+    assert "step 4: the save was cut short" in out and "resuming" in out and "from step 2" in out
+    with open(os.path.join(cut, "incomplete_checkpoints", "4", "state", "_METADATA"), "rb") as f:
+        assert f.read() == step4                                            # nothing lost
+    assert checkpoint.Checkpointer(os.path.join(cut, "checkpoints")).all_steps() == [2, 4, 6]
+    assert not [f for f in os.listdir(os.path.join(cut, "checkpoints")) if f.startswith(checkpoint.SAVING_PREFIX)]
+
+    removed = str(tmp_path / "removed")  # no marker: the digest went missing after the save
+    shutil.copytree(run, removed)
+    os.remove(os.path.join(removed, "checkpoints", "4", checkpoint.DIGEST_FILE))
+    before = _digest(removed)
+    assert main(["train", "--workdir", removed, *toy, "--config.training.n_iters=6"]) == 2
+    assert "has no diffjax_digest.json" in capsys.readouterr().err and _digest(removed) == before
 
 
 @pytest.mark.xdist_group("battery")

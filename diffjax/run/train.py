@@ -163,6 +163,7 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_last,
                                    keep_period=t.keep_period or None, digests_from=marker.get("digests_from", 0))
     current = _json_config(config)
+    _set_aside_cut_short(ckpt, workdir, main, log)
     start = ckpt.latest_step()
     if start is not None and restore_intact:
         start = _fall_back_to_intact(ckpt, workdir, main, log)
@@ -264,6 +265,38 @@ def _claim(workdir: str, main: bool) -> dict:
     if np.any(failed):
         raise error or ValueError(f"process 0 refused --workdir {workdir} (see its message)")
     return files.read_marker(workdir) or {}
+
+
+def _set_aside_cut_short(ckpt, workdir: str, main: bool, log) -> None:
+    """Move steps whose save was cut short by a kill (their save marker is there, their digest is not)
+    to WORKDIR/incomplete_checkpoints/ and say so; remove save markers of complete or absent steps.
+    Such a step was never committed by diffjax, so resuming from the step before it is what a resume
+    after a kill means; nothing is deleted. A step whose digest went missing *without* the marker is
+    not touched here: restoring it raises CheckpointError (``--restore-intact`` falls back)."""
+    cut = ckpt.cut_short_steps()
+    if main:
+        for path in ckpt.stale_markers():
+            os.remove(path)
+        if cut:
+            aside = os.path.join(workdir, "incomplete_checkpoints")
+            if os.path.lexists(aside) and not os.path.isdir(aside):
+                raise checkpoint.CheckpointError(f"step {cut[0]}'s save was cut short and is moved to {aside}, which "
+                                                 "is a file; move it away")
+            os.makedirs(aside, exist_ok=True)
+            for s in cut:
+                target = os.path.join(aside, str(s))
+                while os.path.exists(target):
+                    target += "_"
+                os.replace(ckpt.step_directory(s), target)
+                os.remove(ckpt.saving_marker(s))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("diffjax: cut-short checkpoints moved aside")
+    if cut:
+        ckpt.reload()
+        log(f"step{'s' if len(cut) > 1 else ''} {', '.join(map(str, sorted(cut)))}: the save was cut short (the "
+            f"process was stopped while saving); moved to {os.path.join(workdir, 'incomplete_checkpoints')}")
 
 
 def _fall_back_to_intact(ckpt, workdir: str, main: bool, log) -> int:
