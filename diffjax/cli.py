@@ -23,7 +23,8 @@ __all__ = ["main"]
 # sampling flags of `sample` and `evaluate` -> the config key (sampling.KEY) each one sets, typed
 SAMPLING_FLAGS = {"sampler": "method", "steps": "num_steps", "grid": "grid", "predictor": "predictor",
                   "corrector": "corrector", "snr": "snr", "guidance": "guidance_weight", "order": "order",
-                  "teleport": "teleport", "solver": "solver", "nfe": "solver_nfe", "noise": "noise"}
+                  "teleport": "teleport", "solver": "solver", "nfe": "solver_nfe", "noise": "noise",
+                  "guide": "guide"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,7 +85,11 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corrector", default=None, help="corrector of the pc sampler (none: predictor alone)")
     p.add_argument("--snr", type=float, default=None, help="signal-to-noise ratio of the Langevin corrector")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance weight w (class-conditional runs trained with label dropout)")
+                   help="guidance weight w: classifier-free (class-conditional runs trained with label dropout), or "
+                        "autoguidance with --guide")
+    p.add_argument("--guide", default=None,
+                   help="autoguidance: a weaker run of the same task (e.g. trained shorter) whose score guides this "
+                        "one, (1 + w) s - w s_guide (Karras et al. 2024)")
     p.add_argument("--solver", default=None, help="fitted: the run's solver from `diffjax fit-solver` (in "
                                                   "WORKDIR/solvers/), or the path of a fitted solver's .npz")
     p.add_argument("--nfe", type=_int_in(2, 1000, "a number of evaluations"), default=None,
@@ -123,7 +128,7 @@ def _run_flags(p: argparse.ArgumentParser, num_default, num_help: str, several_w
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diffjax", description="Score-based generative models through SDEs, in JAX.")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{train,sample,likelihood,evaluate,fit-solver}",
+                                metavar="{train,sample,likelihood,evaluate,fit-solver,distill}",
                                 parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a config (default: digits) in a work directory, resuming if possible",
@@ -209,6 +214,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", default=None, help="the solver's .npz (default WORKDIR/solvers/SAMPLER_nfeN.npz)")
+
+    p = sub.add_parser("distill", help="distil a trained run into a one- or few-step student (a new run); sample "
+                                       "it with `diffjax sample --workdir STUDENT --steps N`",
+                       epilog="Student config keys can be set with --config.SECTION.KEY=VALUE, e.g. "
+                              "--config.distill.stage_steps=500.")
+    p.add_argument("--workdir", required=True, help="the student's work directory (new, or one to resume)")
+    p.add_argument("--teacher", required=True, help="the trained run to distil (its work directory)")
+    p.add_argument("--method", choices=("consistency", "progressive"), default="consistency",
+                   help="consistency (ECT-style consistency distillation; default) or progressive (halvings)")
+    p.add_argument("--target", choices=("teacher", "data"), default=None,
+                   help="consistency: the teacher's Heun step (distillation; default) or the data (training)")
+    p.add_argument("--iters", type=_positive_int, default=None,
+                   help="training steps (per halving for progressive); default 2000 (500 per halving)")
+    p.add_argument("--lr", type=_finite_positive_number, default=None, help="learning rate (default 1e-4)")
+    p.add_argument("--start-steps", type=_int_in(1, 4096, "a power of two"), default=32,
+                   help="progressive: the first student's DDIM steps (its teacher takes twice as many; default 32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--restore-intact", action="store_true",
+                   help="as for train: resume from the newest checkpoint that passes its digest")
+    _distributed_flags(p)
     return parser
 
 
@@ -231,6 +256,23 @@ def _train(args, overrides) -> int:
     result = train(config, workdir, progress=not args.no_progress, restore_intact=args.restore_intact)
     if not result.get("stopped"):
         print(f"done: step {result['step']} in {result['workdir']}")
+    return 0
+
+
+def _distill(args, overrides) -> int:
+    from diffjax.run.distill import distill
+
+    if args.target is not None:
+        if args.method != "consistency":
+            raise ValueError("--target applies to --method consistency only")
+        overrides = [*overrides, f"distill.target={args.target}"]
+    iters = args.iters or (2000 if args.method == "consistency" else 500)
+    result = distill(args.teacher, args.workdir, args.method, iters=iters, lr=args.lr if args.lr else 1e-4,
+                     start_steps=args.start_steps, overrides=[o[len("--config."):] for o in overrides],
+                     progress=not args.no_progress, restore_intact=args.restore_intact)
+    if not result.get("stopped"):
+        print(f"done: {args.method} student{'s' if len(result['runs']) > 1 else ''} in {', '.join(result['runs'])}; "
+              f"sample with `diffjax sample --workdir {args.workdir} --steps N`")
     return 0
 
 
@@ -297,7 +339,9 @@ def _sample(args) -> int:
             raise ValueError(f"--{flag} applies to --superpose only")
     if args.ode:
         raise ValueError("--ode applies to --superpose only (one run's ODE sampler is --sampler ode)")
-    args.workdir = args.workdir[0]
+    from diffjax.run.distill import resolve_student
+
+    args.workdir = resolve_student(args.workdir[0], args.steps)
     run = load_run(args.workdir, args.step, sampling=_sampling_options(args))
     out = args.out or os.path.join(args.workdir, "samples", f"samples_{run.step}.npz")
     if args.out is None:
@@ -342,6 +386,9 @@ def _evaluate(args) -> int:
 
     if args.fp_residual:
         return _fp_residual(args)
+    from diffjax.run.distill import resolve_student
+
+    args.workdir = resolve_student(args.workdir, args.steps)
     run = load_run(args.workdir, args.step, sampling=_sampling_options(args))
     ev = evaluate(run, jax.random.PRNGKey(args.seed), args.num or 1000, args.batch, args.inception,
                   progress=not args.no_progress)
@@ -412,8 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         shown = " ".join(repr(a) if not a.isprintable() or " " in a else a for a in unknown[:5])
         _parser().error(f"unrecognised arguments: {shown[:200]} (config keys are set with --config.KEY=VALUE)")
-    if overrides and args.command != "train":
-        _parser().error("--config.KEY=VALUE overrides apply to `diffjax train` only")
+    if overrides and args.command not in ("train", "distill"):
+        _parser().error("--config.KEY=VALUE overrides apply to `diffjax train` and `diffjax distill` only")
 
     from diffjax.checkpoint import CheckpointError
     from diffjax.run import NonFiniteLossError
@@ -424,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().error(f"{', '.join(given)} need --distributed")
     commands = {"train": lambda: _train(args, overrides), "sample": lambda: _sample(args),
                 "likelihood": lambda: _likelihood(args), "evaluate": lambda: _evaluate(args),
-                "fit-solver": lambda: _fit_solver(args)}
+                "fit-solver": lambda: _fit_solver(args), "distill": lambda: _distill(args, overrides)}
     args.distributed = getattr(args, "distributed", False)  # fit-solver runs on one process
     try:
         if args.distributed:

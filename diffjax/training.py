@@ -125,6 +125,7 @@ def make_train_step(
     ema_warmup: bool = False,
     learning_rate_fn: optax.Schedule | None = None,
     skip_nonfinite: bool = False,
+    loss_takes_step: bool = False,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """``train_step(state, batch) -> (state, metrics)``: one optimiser update and one EMA update.
 
@@ -135,6 +136,8 @@ def make_train_step(
     ``loss_fn(key, params, batch) -> (loss, metrics)`` as built by :mod:`diffjax.losses`. The step
     is pure; compile it with ``jax.jit(train_step, donate_argnums=0)``. Metrics: the loss function's,
     ``grad_norm`` (before clipping) and, if ``learning_rate_fn`` is given, ``learning_rate``.
+    With ``loss_takes_step`` the loss is called ``loss_fn(key, params, batch, step)`` with the update's
+    step counter (a traced int32), for losses with a curriculum (:mod:`diffjax.distill`).
     """
     if not 0.0 <= ema_rate <= 1.0:
         raise ValueError(f"ema_rate must lie in [0, 1]; got {ema_rate}")
@@ -142,7 +145,8 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         key, loss_key = jax.random.split(state.key)
-        (_, metrics), grads = grad_fn(loss_key, state.params, batch)
+        extra = (state.step,) if loss_takes_step else ()
+        (_, metrics), grads = grad_fn(loss_key, state.params, batch, *extra)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = ema_update(state.ema_params, params, ema_decay(state.step, ema_rate, ema_warmup))

@@ -84,7 +84,8 @@ def get_default():
     sa.ode_rtol = 1e-5          # method "ode": rtol = atol of the adaptive solver
     sa.num_samples = 64         # the PNG grid at the end of training (0: none)
     sa.batch_size = 256         # samples per compiled call
-    sa.guidance_weight = 0.0    # classifier-free guidance w: (1 + w) s(x | y) - w s(x)
+    sa.guidance_weight = 0.0    # classifier-free guidance w: (1 + w) s(x | y) - w s(x); autoguidance with sa.guide
+    sa.guide = ""               # autoguidance: a weaker run of the same task (its work directory): (1 + w) s - w s_guide
     sa.solver = ""              # "": the options above; "fitted": the run's solver from `diffjax fit-solver`
                                 # (WORKDIR/solvers/), or the path of a fitted solver's .npz
     sa.solver_nfe = 0           # with solver "fitted": the fitted solver of this many evaluations (0: the only one)
@@ -94,6 +95,18 @@ def get_default():
     e.bpd_num_examples = 0      # test examples for bits/dim at the end of training (0: skip)
     e.bpd_rtol = 1e-5
     e.batch_size = 256          # examples per compiled call
+
+    c.distill = di = ml_collections.ConfigDict()   # a student of another run (`diffjax distill`)
+    di.method = ""              # "": not a student | consistency | progressive
+    di.teacher = ""             # the teacher run's work directory
+    di.teacher_step = -1        # its checkpoint (-1: the latest)
+    di.target = "teacher"       # consistency: "teacher" (distillation, the teacher's Heun step) | "data" (training)
+    di.stage_steps = 250        # consistency: training steps per stage of ECT's curriculum
+    di.q = 2.0                  # consistency: ECT's curriculum base (r / t -> 1 as 1 - q^-(stage + 1))
+    di.p_mean = -1.1            # consistency: log-normal noise levels sigma^ = sigma / a
+    di.p_std = 2.0
+    di.huber_c = -1.0           # consistency: pseudo-Huber c (< 0: iCT's 0.00054 sqrt(d); 0: the plain norm)
+    di.num_steps = 1            # progressive: the student's DDIM steps (its teacher takes twice as many)
 
     c.parallel = p = ml_collections.ConfigDict()
     p.fsdp = 1                  # size of the fsdp mesh axis (1: data parallel)

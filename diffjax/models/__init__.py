@@ -11,7 +11,7 @@ from diffjax.models import layers, resample
 from diffjax.models.classifier import ConvClassifier, NoiseConditionalWideResNet, classifier_logits_model
 from diffjax.models.ddpm import DDPM
 from diffjax.models.layers import GaussianFourierProjection, sinusoidal_embedding
-from diffjax.models.mlp import MLPScoreNet
+from diffjax.models.mlp import MLPFlowMap, MLPScoreNet
 from diffjax.models.ncsnpp import NCSNpp
 from diffjax.models.ncsnv2 import NCSNv2
 from diffjax.models.registry import NETWORKS, PRESETS, get_model, init_params, network_options, network_score_model
@@ -20,6 +20,7 @@ __all__ = [
     "ConvClassifier",
     "DDPM",
     "GaussianFourierProjection",
+    "MLPFlowMap",
     "MLPScoreNet",
     "NCSNpp",
     "NCSNv2",

@@ -13,7 +13,7 @@ from diffjax.models.layers import GaussianFourierProjection, sinusoidal_embeddin
 
 Array = jax.Array
 
-__all__ = ["MLPScoreNet"]
+__all__ = ["MLPScoreNet", "MLPFlowMap"]
 
 _EMBEDDINGS = ("fourier", "positional")
 
@@ -76,3 +76,28 @@ class MLPScoreNet(nn.Module):
         for width in self.hidden:
             h = nn.swish(nn.Dense(width, **kw)(h) + nn.Dense(width, **kw)(emb))
         return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, **kw)(h).astype(jnp.float32)
+
+
+class MLPFlowMap(nn.Module):
+    """An MLP of two times for flow maps (MeanFlow's average velocity u(z, r, t)): called as
+    ``net.apply(params, z, t, h)`` with h = t - r, each time embedded sinusoidally (of 1000 t and
+    1000 h, so [0, 1] spans the embedding's frequencies) and added to every hidden layer. Output like
+    z, from a zero-initialised last layer."""
+
+    hidden: Sequence[int] = (256, 256, 256)
+    embedding_dim: int = 64
+    dtype: object = jnp.float32
+    param_dtype: object = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: Array, t: Array, h: Array) -> Array:
+        if z.ndim != 2:
+            raise ValueError(f"MLPFlowMap takes z of shape (batch, dim); got {z.shape}")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        emb = jnp.concatenate([sinusoidal_embedding(1000.0 * t, self.embedding_dim),
+                               sinusoidal_embedding(1000.0 * h, self.embedding_dim)], axis=-1)
+        emb = nn.swish(nn.Dense(self.embedding_dim, **kw)(emb.astype(self.dtype)))
+        x = z.astype(self.dtype)
+        for width in self.hidden:
+            x = nn.swish(nn.Dense(width, **kw)(x) + nn.Dense(width, **kw)(emb))
+        return nn.Dense(z.shape[-1], kernel_init=nn.initializers.zeros, **kw)(x).astype(z.dtype)

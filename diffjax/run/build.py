@@ -211,9 +211,13 @@ def _stderr(message: str) -> None:
 def sampler_name(config) -> str:
     """How a run's samples are drawn, in words for messages: the method, or the fitted solver."""
     s = config.sampling
+    if config.get("distill") and config.distill.method:
+        return f"{config.distill.method} student, {s.num_steps} step{'s' if s.num_steps > 1 else ''}"
+    guided = f", autoguided by {s.guide} (w = {s.guidance_weight:g})" if s.get("guide", "") else ""
     if s.get("solver", ""):
-        return f"fitted solver {s.solver}" + (f" of {s.solver_nfe} evaluations" if s.get("solver_nfe", 0) else "")
-    return s.method
+        return (f"fitted solver {s.solver}" + (f" of {s.solver_nfe} evaluations" if s.get("solver_nfe", 0) else "")
+                + guided)
+    return s.method + guided
 
 
 def build_sampler(config, sde, workdir: str = ""):
@@ -223,6 +227,10 @@ def build_sampler(config, sde, workdir: str = ""):
     With ``sampling.solver`` set, the fitted solver it names instead (a
     :class:`~diffjax.samplers.learned.FittedSolver`, called the same way; :mod:`diffjax.run.fit`)."""
     s = config.sampling
+    if config.get("distill") and config.distill.method:
+        from diffjax.run.distill import student_sampler
+
+        return student_sampler(config, sde)
     if s.get("solver", ""):
         from diffjax.run.fit import load_fitted_solver
 

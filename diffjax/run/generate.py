@@ -18,7 +18,7 @@ from diffjax.run.build import build_sampler, data_range, example_shape, is_toy, 
 from diffjax.run.load import Run
 from diffjax.run.logging import progress_range
 
-__all__ = ["plan_batches", "run_score_fn", "generate", "superpose", "to_unit_range", "write_samples"]
+__all__ = ["plan_batches", "run_score_fn", "load_guide", "generate", "superpose", "to_unit_range", "write_samples"]
 
 
 def plan_batches(num: int, batch_size: int, mesh) -> tuple[int, int]:
@@ -28,21 +28,49 @@ def plan_batches(num: int, batch_size: int, mesh) -> tuple[int, int]:
     return batch, -(-num // batch) * batch
 
 
-def run_score_fn(run: Run, labels=None, guidance_weight: float = 0.0, unconditional: bool = False):
+def run_score_fn(run: Run, labels=None, guidance_weight: float = 0.0, unconditional: bool = False, guide=None):
     """The score function of the run's network with its EMA parameters, as a pytree of them (so a
     sampler compiles once for any parameters of the run): unconditional, conditional on ``labels``
     with classifier-free guidance ``guidance_weight``, or (``unconditional``) the "no class" label of
-    a class-conditional network."""
+    a class-conditional network. With ``guide`` (a weaker :class:`Run` of the same process and
+    network, :func:`load_guide`), autoguidance of an unconditional run: (1 + w) s - w s_guide."""
     score_model = models.network_score_model(run.model, run.sde, sigma_data=float(run.config.sde.get("sigma_data", 0.5)))
     num_classes = int(getattr(run.model, "num_classes", 0))
+    if guide is not None:
+        if num_classes:
+            raise ValueError("autoguidance (sampling.guide) is for unconditional runs here; a class-conditional run "
+                             "is guided by its own 'no class' label (sampling.guidance_weight alone)")
+        guide_model = models.network_score_model(guide.model, guide.sde,
+                                                 sigma_data=float(guide.config.sde.get("sigma_data", 0.5)))
+        return guidance.autoguided_score(Partial(score_model, run.params), Partial(guide_model, guide.params),
+                                         guidance_weight)
     if not num_classes:
         if guidance_weight:
-            raise ValueError("sampling.guidance_weight needs a class-conditional network (model.options.num_classes)")
+            raise ValueError("sampling.guidance_weight needs a class-conditional network (model.options.num_classes), "
+                             "or a guide run for autoguidance (sampling.guide, --guide)")
         return Partial(score_model, run.params)
     if unconditional:
         return bind(_no_class_score, score_model, run.params, num_classes)
     return guidance.classifier_free_guided_score(score_model, run.params, labels, guidance_weight,
                                                  null_label=num_classes)
+
+
+def load_guide(run: Run):
+    """The run named by ``sampling.guide`` (None when empty), refused unless it has the run's process
+    and network (autoguidance guides a model by a weaker version of itself)."""
+    path = run.config.sampling.get("guide", "")
+    if not path:
+        return None
+    from diffjax.run.load import load_run
+
+    guide = load_run(path)
+    for section in ("sde", "model", "data"):
+        a, b = run.config[section].to_dict(), guide.config[section].to_dict()
+        a.pop("ema_rate", None), b.pop("ema_rate", None)
+        if a != b:
+            raise ValueError(f"the guide {path} has another {section} than {run.workdir or 'the run'}; autoguidance needs "
+                             "a weaker model of the same process, network and data (e.g. the same config, trained shorter)")
+    return guide
 
 
 def _no_class_score(score_model, params, null_label, x, t):
@@ -81,10 +109,11 @@ def generate(run: Run, key, num: int, batch_size: Optional[int] = None, class_la
     else:
         labels = np.zeros(total, np.int32)
     shape = example_shape(config)
+    guide = load_guide(run)
 
     def draw(i, keys):
         y = jax.device_put(jnp.asarray(labels[i:i + batch], jnp.int32), parallel.batch_sharding(run.mesh))
-        x, n, f = _draw(sampler, run_score_fn(run, y if num_classes else None, w), keys, shape, run.mesh)
+        x, n, f = _draw(sampler, run_score_fn(run, y if num_classes else None, w, guide=guide), keys, shape, run.mesh)
         return np.asarray(x), np.asarray(f), int(n)
 
     out, failed, nfes = _over_batches(draw, key, total, batch, run.mesh, progress, "sample")

@@ -153,9 +153,17 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
                          "the Gaussian probability flow's (set --config.eval.bpd_num_examples=0)")
     conditional = bool(getattr(model, "num_classes", 0))
     optimizer = build_optimizer(config)
-    step_fn = training.make_train_step(build_loss(config, sde, model), optimizer, ema_rate=config.model.ema_rate,
-                                       skip_nonfinite=True)
-    init = functools.partial(init_state, model, optimizer, example_shape(config))
+    if config.distill.method:  # a student (diffjax.run.distill): its teacher's loss, from its teacher's weights
+        from diffjax.run.distill import build_distill_loss, teacher_params
+
+        teacher = teacher_params(config)
+        step_fn = training.make_train_step(build_distill_loss(config, sde, model, teacher), optimizer,
+                                           ema_rate=config.model.ema_rate, skip_nonfinite=True, loss_takes_step=True)
+        init = functools.partial(_student_state, teacher, optimizer)
+    else:
+        step_fn = training.make_train_step(build_loss(config, sde, model), optimizer, ema_rate=config.model.ema_rate,
+                                           skip_nonfinite=True)
+        init = functools.partial(init_state, model, optimizer, example_shape(config))
     key0 = jax.random.PRNGKey(config.seed)
     shardings = parallel.state_shardings(jax.eval_shape(init, key0), mesh, config.parallel.fsdp > 1)
 
@@ -246,6 +254,12 @@ def train(config, workdir: str, *, progress: bool = True, handle_signals: bool =
         run = Run(config=config, sde=sde, model=model, params=state.ema_params, step=step, mesh=mesh, workdir=workdir)
         result.update(_finish(run, workdir, log))
     return result
+
+
+def _student_state(teacher_params, optimizer, key):
+    """A student's first state: the teacher's EMA weights, a fresh optimiser."""
+    _, k_train = jax.random.split(key)
+    return training.create_train_state(k_train, jax.tree_util.tree_map(lambda v: v.copy(), teacher_params), optimizer)
 
 
 def _claim(workdir: str, main: bool) -> dict:
