@@ -358,6 +358,7 @@ class _CFGpp(Step):
     lam: float = static_field(0.6)
 
     name = "cfgpp_ddim"
+    stochastic = False  # DDIM with eta = 0: deterministic
     nfe = 2
     denoise_nfe = 2
     num_models = 2

@@ -1,6 +1,6 @@
 """Guidance variants against closed forms: what classifier-free guidance samples for Gaussian
-components (equal and unequal variances, by quadrature), APG reducing to CFG, CFG++'s identity with
-a step-dependent CFG weight, and the guidance interval's band."""
+components (equal and unequal variances; the PF-ODE and the reverse SDE, by quadrature), APG reducing
+to CFG, CFG++'s identity with a step-dependent CFG weight, and the guidance interval's band."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ from scipy import integrate
 
 from diffjax import GaussianMixture, guidance
 from diffjax.processes import EDM, VPSDE
-from diffjax.samplers import ddim, karras_timesteps, prior_sample, sample, unipc
+from diffjax.samplers import ddim, euler_maruyama, karras_timesteps, log_snr_timesteps, prior_sample, sample, unipc
 from helpers import x64
 
 
@@ -65,6 +65,34 @@ def test_cfg_with_unequal_variances_is_not_the_tilted_target():
     assert abs(slope ** 2 * s_T ** 2 - lam_u ** (1 - G) * lam_c ** G) < 1e-3
     tilted = 1 / ((1 - G) / lam_u + G / lam_c)
     assert abs(np.var(np.asarray(x)) - tilted) > 0.05
+
+
+def test_guided_reverse_sde_samples_its_own_closed_form_not_the_ode_one():
+    """The guided reverse SDE (Euler-Maruyama, exact Gaussian scores, G = 2) ends at C.9's
+    Var_SDE = int_0^inf (lam_u / (lam_u + u))^(2(1-G)) (lam_c / (lam_c + u))^(2G) du = 0.109375 and
+    Mean_SDE = Psi(0) int_0^inf l(u) / Psi(u) du = 1.25 (u = sigma^2, Psi = (lam_u + u)^(1-G) (lam_c + u)^G),
+    by quadrature here; not the PF-ODE's 0.0625 nor the tilted target's 0.143 (4000 samples)."""
+    lam_u, lam_c, mu_u, mu_c, G = 1.0, 0.25, 0.0, 1.0, 2.0
+
+    def quad(f):
+        return sum(integrate.quad(f, a, b, limit=400, epsabs=1e-13, epsrel=1e-11)[0] for a, b in ((0, 1), (1, np.inf)))
+
+    def log_psi(u):
+        return (1 - G) * np.log(lam_u + u) + G * np.log(lam_c + u)
+
+    var_sde = quad(lambda u: (lam_u / (lam_u + u)) ** (2 * (1 - G)) * (lam_c / (lam_c + u)) ** (2 * G))
+    mean_sde = np.exp(log_psi(0)) * quad(lambda u: ((1 - G) * mu_u / (lam_u + u) + G * mu_c / (lam_c + u))
+                                         * np.exp(-log_psi(u)))
+    sde, n = VPSDE(), 4000
+    with x64():
+        key = jax.random.PRNGKey(5)
+        score = guidance.guided_score(gaussian(mu_c, lam_c).score_fn(sde), gaussian(mu_u, lam_u).score_fn(sde), G - 1)
+        x = sample(euler_maruyama(sde), score, key, prior_sample(sde, key, (n, 1), jnp.float64),
+                   log_snr_timesteps(sde, 400, dtype=jnp.float64)).x
+    x = np.asarray(x[:, 0])
+    assert var_sde == pytest.approx(0.109375, rel=1e-8) and mean_sde == pytest.approx(1.25, rel=1e-8)
+    assert abs(x.mean() - mean_sde) < 4 * np.sqrt(var_sde / n) + 0.005
+    assert abs(x.var() / var_sde - 1) < 4 * np.sqrt(2 / n) + 0.02
 
 
 def test_apg_with_eta_one_and_no_clipping_is_cfg():
