@@ -29,6 +29,7 @@ from diffjax.numerics.random import per_example_keys
 from diffjax.numerics.runge_kutta import ADJOINTS, check_solve_options, solve_adaptive, solve_batched
 from diffjax.processes import SDE, check_t_end, probability_flow_drift
 from diffjax.results import BitsResult, LikelihoodResult, raise_if_nonfinite
+from diffjax.samplers.teleport import GaussianFit, check_fit, gaussian_precision
 from diffjax.score import check_score_inputs, checked_score
 
 Array = jax.Array
@@ -74,6 +75,7 @@ def log_likelihood(
     per_example: bool = True,
     solver: str = "batched",
     adjoint: str = "checkpoint",
+    control: GaussianFit | None = None,
     check_finite: bool = True,
 ) -> LikelihoodResult:
     """Log-density log p_{t_end}(x) (nats) of each example under the probability-flow ODE.
@@ -99,6 +101,12 @@ def log_likelihood(
         and error control as diffrax, so the same accuracy at a tolerance, without diffrax's per-step
         overhead (about 3x faster on CPU for small models). "diffrax" is the previous path
         (diffrax's PIDController, vmapped per example), kept for forward-mode differentiation.
+      control: a :class:`~diffjax.samplers.GaussianFit` of the data (``samplers.fit_gaussian(x)``, or a
+        run's ``gaussian_fit.npz``) as a control variate for Hutchinson's estimate: the drift of the
+        fitted Gaussian's exact probability flow has Jacobian J_G = f(t) I + ½ g(t)² C_t⁻¹ (C_t =
+        a² Σ + σ² I), whose trace is closed form, so div f~ is estimated by
+        vᵀ (J - J_G) v + tr J_G: unbiased for any fit, with the variance of J - J_G instead of J's,
+        at no extra network evaluation (an O(d r) term per probe). For "rademacher" or "gaussian" only.
 
     Each example is solved with its own step-size control, so its result does not depend on its
     batch (the batch runs until its slowest example is done). ``per_example=False`` takes common
@@ -120,13 +128,39 @@ def log_likelihood(
     _check_order("log_likelihood", sde, score_fn)
     t_end = sde.t_min if t_end is None and isinstance(sde, SDE) else t_end
     _check_common(sde, score_fn, x, divergence, n_probes, rtol, atol, t_end, method, solver, max_steps, adjoint)
+    if control is not None:
+        _check_control(control, divergence, x)
     keys = per_example_keys(key, jnp.shape(x)[0])
     result = _log_likelihood(
         score_fn, sde, keys, jnp.asarray(x), divergence, int(n_probes), float(rtol), float(atol),
-        float(t_end), method, int(max_steps), bool(per_example), solver, adjoint,
+        float(t_end), method, int(max_steps), bool(per_example), solver, adjoint, control,
     )
     raise_if_nonfinite(result, "log_likelihood", check_finite, what="adaptive step", max_steps=int(max_steps))
     return result
+
+
+def _check_control(control, divergence, x) -> None:
+    if not isinstance(control, GaussianFit):
+        raise TypeError(f"control must be a GaussianFit (samplers.fit_gaussian(data)) or None; got {describe(control)}")
+    if divergence not in ("rademacher", "gaussian"):
+        raise ValueError(f"control is a control variate for Hutchinson's estimate (divergence 'rademacher' or "
+                         f"'gaussian'); got divergence={divergence if isinstance(divergence, str) else 'a function'!r}")
+    check_fit(control, "the control")
+    d = math.prod(jnp.shape(x)[1:])
+    if control.dim != d:
+        raise ValueError(f"the control's Gaussian has dimension {control.dim}; x has {d} values per example")
+
+
+def _hutchinson_control(sde, fit, probes, t, div):
+    """Hutchinson's mean_k v_kᵀ J v_k (``div``) turned into mean_k v_kᵀ (J - J_G) v_k + tr J_G, with
+    J_G = f I + ½ g² C_t⁻¹ the Jacobian of the fitted Gaussian's probability-flow drift. probes
+    (n_probes, batch, ...), t (batch,)."""
+    f, g = sde.drift_diffusion_coeffs(t)
+    flat = probes.reshape(probes.shape[:2] + (-1,))
+    quad, trace = jax.vmap(lambda v: gaussian_precision(fit, sde, v, t))(flat)     # (n_probes, batch) each
+    v_jg_v = jnp.mean(f * jnp.sum(flat * flat, axis=2) + 0.5 * g**2 * quad, axis=0)
+    tr_jg = flat.shape[2] * f + 0.5 * g**2 * trace[0]
+    return div - v_jg_v.astype(div.dtype) + tr_jg.astype(div.dtype)
 
 
 def _probes(keys: Array, shape, n_probes: int, divergence: str, dtype) -> Array:
@@ -140,7 +174,7 @@ def _probes(keys: Array, shape, n_probes: int, divergence: str, dtype) -> Array:
 
 @filter_jit
 def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, t_end, method, max_steps, per_example,
-                    solver, adjoint):
+                    solver, adjoint, control=None):
     score_fn = checked_score(score_fn)
     data_shape = x.shape[1:]
     closed_form = callable(divergence)
@@ -162,7 +196,13 @@ def _log_likelihood(score_fn, sde, keys, x, divergence, n_probes, rtol, atol, t_
             div_s = div_fn(y, t_b)
             f_t, g_t = sde.drift_diffusion_coeffs(t_b)
             return drift(y), (math.prod(data_shape) * f_t - 0.5 * g_t**2 * div_s).astype(y.dtype)
-        return divergence_of(drift, y, divergence, None if divergence == "exact" else jnp.moveaxis(probe, 1, 0))
+        if divergence == "exact":
+            return divergence_of(drift, y, divergence, None)
+        probes_k = jnp.moveaxis(probe, 1, 0)
+        out, div = divergence_of(drift, y, divergence, probes_k)
+        if control is not None:
+            div = _hutchinson_control(sde, control, probes_k, t_b, div)
+        return out, div
 
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
     if solver == "batched":

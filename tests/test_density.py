@@ -31,12 +31,12 @@ def _grid(n_steps):
     return jnp.linspace(SDE.T, EPS, n_steps + 1)
 
 
-def _ito_errors(gm, n_steps, step="euler_maruyama", form="euler", n=N_PATHS):
+def _ito_errors(gm, n_steps, step="euler_maruyama", form="euler", n=N_PATHS, control=None):
     """Estimated minus exact log q_eps at the end of each reverse-SDE path (started at the exact log q_T)."""
     x0, t0 = _start(n)
     res = samplers.sample_with_log_density(
                                            samplers.get_step(step, SDE), gm.score_fn(SDE), jax.random.PRNGKey(1), x0, _grid(n_steps), form=form,
-                                           log_q_init=gm.log_prob(x0, SDE, t0))
+                                           control=control, log_q_init=gm.log_prob(x0, SDE, t0))
     x, log_q, nfe = res.x, res.logp, res.nfe
     assert int(nfe[0]) == n_steps  # the estimator reuses the step's score: no extra evaluation
     return np.asarray(log_q - gm.log_prob(x, SDE, jnp.full((n,), EPS)), np.float64)
@@ -67,6 +67,27 @@ def test_ito_estimator_at_ten_thousand_steps():
     err = _ito_errors(up, 10_000, n=2000)
     # O1.2: mean +0.0013, sd 0.124 at N = 10000
     assert abs(err.mean()) < 0.02 and 0.09 < err.std() < 0.16, (err.mean(), err.std())
+
+
+def test_gaussian_control_removes_most_of_the_ito_spread():
+    """track_log_density(..., control=fit): the second-order term with the fitted Gaussian's Hessian.
+    For Gaussian data (one component) the fit is the data's law and the per-path error nearly
+    vanishes; for the "up" mixture it removes most of the spread, at the same evaluations (measured:
+    rms 0.395 -> 0.005 and 0.393 -> 0.087 nats, the bias within 0.005 of zero)."""
+    gauss = GaussianMixture(jnp.array([1.0]), jnp.array([[0.5, -0.3]]), jnp.array([[[0.3, 0.1], [0.1, 0.2]]]))
+    for gm, most in ((gauss, 0.1), (_pair()[0], 0.5)):
+        fit = samplers.fit_gaussian(gm.sample(jax.random.PRNGKey(5), 100_000))
+        plain = _ito_errors(gm, 1000, n=2000)
+        ctl = _ito_errors(gm, 1000, n=2000, control=fit)
+        rms = lambda e: float(np.sqrt(np.mean(e**2)))  # noqa: E731
+        print(f"{gm.num_components} component(s): rms {rms(plain):.3f} -> {rms(ctl):.3f}, "
+              f"bias {plain.mean():+.3f} -> {ctl.mean():+.3f}")
+        assert rms(ctl) < most * rms(plain), (rms(ctl), rms(plain))
+        assert abs(ctl.mean()) < 0.05
+    with pytest.raises(ValueError, match="corrects the 'euler' form"):
+        samplers.track_log_density(samplers.get_step("euler_maruyama", SDE), "kernel", fit)
+    with pytest.raises(TypeError, match="control must be a GaussianFit"):
+        samplers.track_log_density(samplers.get_step("euler_maruyama", SDE), "euler", (0.0, 1.0))
 
 
 def test_tracking_leaves_the_samples_unchanged():

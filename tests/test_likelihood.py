@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import mixture_16d, mixture_2d, x64
+from helpers import mixture_16d, mixture_2d, rotated_mixture, x64
 from scipy import stats
 
 from diffjax import GaussianMixture, SubVPSDE, VESDE, VPSDE
@@ -325,3 +325,45 @@ def test_closed_form_divergence_at_a_users_batch_in_float64_compiles_once():
             log_likelihood(sde, fresh.score_fn(sde), key, x, divergence=fresh.score_divergence_fn(sde),
                            rtol=1e-7, atol=1e-7)
         assert _log_likelihood.cache_size() == compiled
+
+
+@pytest.mark.parametrize("data", ["gaussian", "mixture"])
+@pytest.mark.parametrize("divergence", ["rademacher", "gaussian"])
+def test_gaussian_control_variate_is_unbiased(divergence, data):
+    """The control variate vᵀ(J - J_G)v + tr J_G with J_G from a Gaussian fit of the data (fitted on
+    samples): one 16-D point, 400 independent probes; the mean matches the exact-divergence
+    log-density within 4 standard errors whatever the fit. On Gaussian data (one rotated anisotropic
+    component) it removes nearly all of the variance. On mixture_16d (three narrow components, means
+    far apart) the global fit's Jacobian is not the local one and the variance does not fall: measured
+    0.5x (Rademacher: plain is already exact on the diagonal) and 1.2x (Gaussian probes)."""
+    from diffjax.samplers import fit_gaussian
+
+    sde = VPSDE()
+    gm = rotated_mixture(16, seed=4, k=1) if data == "gaussian" else mixture_16d()
+    fit = fit_gaussian(gm.sample(jax.random.PRNGKey(9), 20000))
+    x = jnp.repeat(marginal_samples(gm, sde, 1, jax.random.PRNGKey(3)), 400, axis=0).astype(jnp.float32)
+    exact = float(log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(0), x[:1], divergence="exact").logp[0])
+    plain = log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(1), x, divergence=divergence)
+    ctl = log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(1), x, divergence=divergence, control=fit)
+    plain, est = np.asarray(plain.logp, np.float64), np.asarray(ctl.logp, np.float64)
+    se = est.std() / math.sqrt(len(est))
+    print(f"{data}, {divergence}: control mean {est.mean():.4f} (se {se:.4f}) vs exact {exact:.4f}; variance "
+          f"{est.var():.4f} against plain {plain.var():.4f} (ratio {plain.var() / est.var():.1f})")
+    assert abs(est.mean() - exact) < 4 * se + 2e-3
+    if data == "gaussian":
+        assert est.var() < plain.var() / 20
+
+
+def test_control_variate_bad_input():
+    from diffjax.samplers import fit_gaussian
+
+    sde, gm = VPSDE(), mixture_2d()
+    x = gm.sample(jax.random.PRNGKey(0), 4)
+    with pytest.raises(TypeError, match="control must be a GaussianFit"):
+        log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(0), x, control=(0.0, 1.0))
+    fit = fit_gaussian(gm.sample(jax.random.PRNGKey(1), 100))
+    with pytest.raises(ValueError, match="Hutchinson"):
+        log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(0), x, divergence="exact", control=fit)
+    with pytest.raises(ValueError, match="dimension 16; x has 2"):
+        log_likelihood(sde, gm.score_fn(sde), jax.random.PRNGKey(0), x,
+                       control=fit_gaussian(mixture_16d().sample(jax.random.PRNGKey(1), 100)))

@@ -35,7 +35,8 @@ from diffjax.processes import SDE
 
 Array = jax.Array
 
-__all__ = ["GaussianFit", "check_fit", "fit_gaussian", "gaussian_teleport", "gaussian_score", "teleport_t_skip", "default_kappa",
+__all__ = ["GaussianFit", "check_fit", "fit_gaussian", "gaussian_teleport", "gaussian_score", "gaussian_precision",
+           "teleport_t_skip", "default_kappa",
            "teleport_sample", "fitted_timesteps", "gaussian_solver_error"]
 
 
@@ -215,6 +216,27 @@ def _gaussian_score(fit: GaussianFit, sde: SDE, x: Array, t: Array) -> Array:
     var_rest = a**2 * jnp.asarray(fit.residual_var, flat.dtype) + s**2
     out = -(c / var) @ u.T - (y - c @ u.T) / var_rest[:, None]
     return jnp.reshape(out, shape)
+
+
+def gaussian_precision(fit: GaussianFit, sde: SDE, v: Array, t: Array) -> tuple[Array, Array]:
+    """(vᵀ C_t⁻¹ v, tr C_t⁻¹) per example for the fitted Gaussian's marginal covariance at time t,
+    C_t = a(t)² Σ + σ(t)² I (Σ = U diag(λ) Uᵀ + residual_var (I - U Uᵀ)); ∇s_G = -C_t⁻¹ is the
+    Jacobian of its exact score. v (batch, ...), t (batch,); both results (batch,). O(d r) per example:
+    the control variates of :func:`diffjax.samplers.track_log_density` and of Hutchinson's divergence in
+    :func:`diffjax.likelihood.log_likelihood` use it."""
+    flat = jnp.reshape(v, (v.shape[0], -1))
+    dtype = flat.dtype
+    a, s = sde.marginal_coeffs(t.astype(dtype))
+    lam, u = jnp.asarray(fit.eigvals, dtype), jnp.asarray(fit.eigvecs, dtype)
+    var = a[:, None] ** 2 * lam + s[:, None] ** 2                       # (batch, r)
+    var_rest = a**2 * jnp.asarray(fit.residual_var, dtype) + s**2       # (batch,)
+    c = flat @ u
+    quad, trace = jnp.sum(c * c / var, axis=1), jnp.sum(1.0 / var, axis=1)
+    d, r = flat.shape[1], lam.shape[0]
+    if r < d:  # the other d - r directions, each of variance var_rest (a full-rank fit has none)
+        rest = flat - c @ u.T
+        quad, trace = quad + jnp.sum(rest * rest, axis=1) / var_rest, trace + (d - r) / var_rest
+    return quad, trace
 
 
 def gaussian_score(sde: SDE, fit: GaussianFit):
