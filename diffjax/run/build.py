@@ -230,7 +230,7 @@ def build_sampler(config, sde, workdir: str = ""):
     if config.get("distill") and config.distill.method:
         from diffjax.run.distill import student_sampler
 
-        return student_sampler(config, sde)
+        return student_sampler(config, sde, workdir)
     if s.get("solver", ""):
         from diffjax.run.fit import load_fitted_solver
 

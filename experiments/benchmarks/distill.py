@@ -223,8 +223,8 @@ def students(gm, z, exact, iters):
 
 def digits_table(teacher: str, students: list, num: int) -> None:
     """digits-FID and KID (x1e3) of ``num`` samples: the teacher with UniPC-3 + teleportation at 5, 10
-    and 20 evaluations, each student at 1, 2 and 4 steps (the progressive distillation's own students),
-    and the test split's floor."""
+    and 20 evaluations, each student at 1, 2 and 4 steps (the progressive distillation's own students;
+    a consistency student from T and from the Gaussian teleport), and the test split's floor."""
     from diffjax.run import evaluate, load_run
     from diffjax.run.distill import resolve_student
 
@@ -246,9 +246,13 @@ def digits_table(teacher: str, students: list, num: int) -> None:
                 path = resolve_student(workdir, n)
             except ValueError:
                 continue
-            ev, sec = cell(load_run(path, sampling=dict(num_steps=n)))
-            print(f"{workdir} ({load_run(path).config.distill.method}), {n} step{'s' if n > 1 else ' '}: "
-                  f"{ev['samples']['fid']:.3f} ({1e3 * ev['samples']['kid']:.1f})   [{sec:.0f} s]")
+            method = load_run(path).config.distill.method
+            # a consistency student from T, and from the Gaussian teleport (its default since issue 32)
+            for teleport in (("off", "auto") if method == "consistency" else ("off",)):
+                ev, sec = cell(load_run(path, sampling=dict(num_steps=n, teleport=teleport)))
+                print(f"{workdir} ({method}{', teleport ' + teleport if method == 'consistency' else ''}), {n} "
+                      f"step{'s' if n > 1 else ' '}: {ev['samples']['fid']:.3f} ({1e3 * ev['samples']['kid']:.1f})"
+                      f"   [{sec:.0f} s]")
 
 
 def main():
