@@ -7,7 +7,7 @@ kernels start at once as the pool has threads (two on a 2-core machine), every t
 tasks no thread is left to run: the program hangs at 0 % CPU. A score written with ``jnp.linalg``
 often computes such kernels from t alone, so the score evaluations of one sampler step (a
 corrector and a predictor, Heun's two stages) are independent of each other and can start together.
-``tests/hang_check.py`` (and ``shared/repro/pc_hang.py``) reproduce it: batch 3000, a 3-D mixture
+``tests/hang_check.py`` (and ``experiments/repro/xla_cpu_lapack_deadlock.py``) reproduce it: batch 3000, a 3-D mixture
 score through ``linalg.solve``, the predictor-corrector sampler never returns without the workaround.
 
 The workaround routes t through x (:func:`order_after`), so every evaluation starts after the one

@@ -281,6 +281,24 @@ def _claim(workdir: str, main: bool) -> dict:
     return files.read_marker(workdir) or {}
 
 
+def _move_steps_aside(ckpt, steps, aside: str, main: bool, why: str) -> None:
+    """Process 0 moves each of ``steps``' folders into ``aside`` (never overwriting: a taken name gains
+    "_"); every process then waits for it. ``why`` starts the error when ``aside`` is a file."""
+    if main and steps:
+        if os.path.lexists(aside) and not os.path.isdir(aside):
+            raise checkpoint.CheckpointError(f"{why} {aside}, which is a file; move it away")
+        os.makedirs(aside, exist_ok=True)
+        for s in steps:
+            target = os.path.join(aside, str(s))
+            while os.path.exists(target):
+                target += "_"
+            os.replace(ckpt.step_directory(s), target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"diffjax: checkpoints moved to {os.path.basename(aside)}")
+
+
 def _set_aside_cut_short(ckpt, workdir: str, main: bool, log) -> None:
     """Move steps whose save was cut short by a kill (their save marker is there, their digest is not)
     to WORKDIR/incomplete_checkpoints/ and say so; remove save markers of complete or absent steps.
@@ -291,22 +309,11 @@ def _set_aside_cut_short(ckpt, workdir: str, main: bool, log) -> None:
     if main:
         for path in ckpt.stale_markers():
             os.remove(path)
-        if cut:
-            aside = os.path.join(workdir, "incomplete_checkpoints")
-            if os.path.lexists(aside) and not os.path.isdir(aside):
-                raise checkpoint.CheckpointError(f"step {cut[0]}'s save was cut short and is moved to {aside}, which "
-                                                 "is a file; move it away")
-            os.makedirs(aside, exist_ok=True)
-            for s in cut:
-                target = os.path.join(aside, str(s))
-                while os.path.exists(target):
-                    target += "_"
-                os.replace(ckpt.step_directory(s), target)
-                os.remove(ckpt.saving_marker(s))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("diffjax: cut-short checkpoints moved aside")
+    _move_steps_aside(ckpt, cut, os.path.join(workdir, "incomplete_checkpoints"), main,
+                      f"step {cut[0] if cut else ''}'s save was cut short and is moved to")
+    if main:
+        for s in cut:
+            os.remove(ckpt.saving_marker(s))
     if cut:
         ckpt.reload()
         log(f"step{'s' if len(cut) > 1 else ''} {', '.join(map(str, sorted(cut)))}: the save was cut short (the "
@@ -322,21 +329,8 @@ def _fall_back_to_intact(ckpt, workdir: str, main: bool, log) -> int:
                                          "move the directory away to start afresh")
     newest = good[0]
     moved = [s for s in bad if s > newest]
-    if main and moved:
-        aside = os.path.join(workdir, "corrupt_checkpoints")
-        if os.path.lexists(aside) and not os.path.isdir(aside):
-            raise checkpoint.CheckpointError(f"--restore-intact moves corrupt steps to {aside}, which is a file; "
-                                             "move it away")
-        os.makedirs(aside, exist_ok=True)
-        for s in moved:
-            target = os.path.join(aside, str(s))
-            while os.path.exists(target):
-                target += "_"
-            os.replace(ckpt.step_directory(s), target)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("diffjax: corrupt checkpoints moved aside")
+    _move_steps_aside(ckpt, moved, os.path.join(workdir, "corrupt_checkpoints"), main,
+                      "--restore-intact moves corrupt steps to")
     if moved:
         ckpt.reload()
         log(f"--restore-intact: step{'s' if len(moved) > 1 else ''} {', '.join(map(str, sorted(moved)))} failed "

@@ -56,52 +56,52 @@ def _checked(t: Array) -> Array:
     return t
 
 
-def uniform_timesteps(sde: SDE, n: int, t_end: float | None = None, dtype=jnp.float32, t_max: float | None = None) -> Array:
+def uniform_timesteps(sde: SDE, num_steps: int, t_end: float | None = None, dtype=jnp.float32, t_max: float | None = None) -> Array:
     """t_i = T - i (T - t_end) / n (the original's grid). t_end defaults to ``sde.t_end``; every grid
     starts at ``t_max`` (default T) when given, e.g. after a teleport."""
-    (t_end, t_max), dtype = _check(sde, n, t_end, t_max), _dtype(dtype)
-    return _checked(jnp.linspace(t_max, t_end, n + 1, dtype=dtype))
+    (t_end, t_max), dtype = _check(sde, num_steps, t_end, t_max), _dtype(dtype)
+    return _checked(jnp.linspace(t_max, t_end, num_steps + 1, dtype=dtype))
 
 
-def quadratic_timesteps(sde: SDE, n: int, t_end: float | None = None, dtype=jnp.float32, t_max: float | None = None) -> Array:
+def quadratic_timesteps(sde: SDE, num_steps: int, t_end: float | None = None, dtype=jnp.float32, t_max: float | None = None) -> Array:
     """t_i = t_end + (T - t_end) (1 - i/n)^2: steps shrink quadratically towards the data (DDIM's 'quad')."""
-    (t_end, t_max), dtype = _check(sde, n, t_end, t_max), _dtype(dtype)
-    u = 1.0 - jnp.arange(n + 1, dtype=dtype) / n
+    (t_end, t_max), dtype = _check(sde, num_steps, t_end, t_max), _dtype(dtype)
+    u = 1.0 - jnp.arange(num_steps + 1, dtype=dtype) / num_steps
     return _checked(_pin_ends(t_end + (t_max - t_end) * u**2, t_max, t_end))
 
 
-def log_snr_timesteps(sde: SDE, n: int, t_end: float | None = None, dtype=jnp.float32, t_max: float | None = None) -> Array:
+def log_snr_timesteps(sde: SDE, num_steps: int, t_end: float | None = None, dtype=jnp.float32, t_max: float | None = None) -> Array:
     """Uniform in lambda = log(a / sigma) from lambda(T) to lambda(t_end) (DPM-Solver's 'logSNR')."""
-    (t_end, t_max), dtype = _check(sde, n, t_end, t_max), _dtype(dtype)
-    lam = jnp.linspace(sde.log_snr(jnp.asarray(t_max, dtype)), sde.log_snr(jnp.asarray(t_end, dtype)), n + 1)
+    (t_end, t_max), dtype = _check(sde, num_steps, t_end, t_max), _dtype(dtype)
+    lam = jnp.linspace(sde.log_snr(jnp.asarray(t_max, dtype)), sde.log_snr(jnp.asarray(t_end, dtype)), num_steps + 1)
     return _checked(_pin_ends(sde.t_from_log_snr(lam), t_max, t_end))
 
 
-def karras_timesteps(sde: SDE, n: int, t_end: float | None = None, rho: float = 7.0, dtype=jnp.float32,
+def karras_timesteps(sde: SDE, num_steps: int, t_end: float | None = None, rho: float = 7.0, dtype=jnp.float32,
                      t_max: float | None = None) -> Array:
     """EDM's grid: sigma_i = (smax^(1/rho) + i/n (smin^(1/rho) - smax^(1/rho)))^rho in the noise level
     sigma = exp(-lambda) of x / a, between sigma(T) and sigma(t_end), mapped back to t."""
-    (t_end, t_max), dtype = _check(sde, n, t_end, t_max), _dtype(dtype)
+    (t_end, t_max), dtype = _check(sde, num_steps, t_end, t_max), _dtype(dtype)
     if not rho > 0:
         raise ValueError(f"rho must be > 0; got {rho}")
     s_max = jnp.exp(-sde.log_snr(jnp.asarray(t_max, dtype)))
     s_min = jnp.exp(-sde.log_snr(jnp.asarray(t_end, dtype)))
-    u = jnp.arange(n + 1, dtype=dtype) / n
+    u = jnp.arange(num_steps + 1, dtype=dtype) / num_steps
     sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     return _checked(_pin_ends(sde.t_from_log_snr(-jnp.log(sig)), t_max, t_end))
 
 
-def trailing_timesteps(sde: SDE, n: int, t_end: float | None = None, dtype=jnp.float32,
+def trailing_timesteps(sde: SDE, num_steps: int, t_end: float | None = None, dtype=jnp.float32,
                        t_max: float | None = None) -> Array:
     """"Trailing" spacing of discrete-time samplers (Lin et al. 2024): the process's N steps
     (``sde.N``) taken every N / n from the last one, k_i = round(N - i N / n) for i < n, as times
     t_max k_i / N, then t_end. It always starts at T (what "leading" and "linspace" spacings of
     DDPM indices miss); on a continuous process it is the uniform grid rounded to the N steps."""
-    (t_end, t_max), dtype = _check(sde, n, t_end, t_max), _dtype(dtype)
+    (t_end, t_max), dtype = _check(sde, num_steps, t_end, t_max), _dtype(dtype)
     big_n = int(getattr(sde, "N", 1000))
-    if n > big_n:
-        raise ValueError(f"trailing spacing takes at most the process's N = {big_n} steps; got {n}")
-    k = np.round(big_n - np.arange(n) * big_n / n)
+    if num_steps > big_n:
+        raise ValueError(f"trailing spacing takes at most the process's N = {big_n} steps; got {num_steps}")
+    k = np.round(big_n - np.arange(num_steps) * big_n / num_steps)
     ts = jnp.concatenate([jnp.asarray(t_max * k / big_n, dtype), jnp.asarray([t_end], dtype)])
     return _checked(ts)
 

@@ -362,13 +362,13 @@ def gaussian_solver_error(step: Step, ts: Array, fit: GaussianFit, denoise: bool
 _FITTED: dict = {}
 
 
-def fitted_timesteps(step: Step, n: int, fit: GaussianFit, *, t_end: Optional[float] = None,
+def fitted_timesteps(step: Step, num_steps: int, fit: GaussianFit, *, t_end: Optional[float] = None,
                      t_max: Optional[float] = None, init: str = "karras", iters: int = 300, learning_rate: float = 0.05,
                      max_ratio: float = float("inf"), dtype=None) -> Array:
-    """A grid of ``n`` updates for ``step`` fitted to the data: it minimises the solver's error on the
+    """A grid of ``num_steps`` updates for ``step`` fitted to the data: it minimises the solver's error on the
     fitted Gaussian's flow (:func:`gaussian_solver_error`, closed form, differentiable), starting from
     ``init`` and moving the interior points in lambda (monotone by construction: softmax gaps) with
-    Adam. Cached per (step, n, fit, ends). ``dtype`` defaults to float64 when ``jax_enable_x64`` is on,
+    Adam. Cached per (step, num_steps, fit, ends). ``dtype`` defaults to float64 when ``jax_enable_x64`` is on,
     float32 otherwise (asking for float64 without it is a one-line error, not a silent float32).
 
     The Gaussian error is a proxy, and it can mislead: a real data distribution is Gaussian only at
@@ -392,11 +392,11 @@ def fitted_timesteps(step: Step, n: int, fit: GaussianFit, *, t_end: Optional[fl
                          "True)); or pass dtype=jnp.float32")
     t_end = sde.t_end if t_end is None else float(t_end)
     t_max = sde.T if t_max is None else float(t_max)
-    key = (step, n, t_end, t_max, init, iters, learning_rate, max_ratio, tuple(np.asarray(fit.eigvals).round(12)),
+    key = (step, num_steps, t_end, t_max, init, iters, learning_rate, max_ratio, tuple(np.asarray(fit.eigvals).round(12)),
            float(np.asarray(fit.residual_var)), fit.dim, dtype.name)
     if key in _FITTED:
         return _FITTED[key]
-    ts0 = TIME_GRIDS[init](sde, n, t_end, dtype=dtype, t_max=t_max)
+    ts0 = TIME_GRIDS[init](sde, num_steps, t_end, dtype=dtype, t_max=t_max)
     lam0 = sde.log_snr(ts0)
     lam_lo, lam_hi = lam0[0], lam0[-1]
     log_gap0 = jnp.log(jnp.diff(lam0) / (lam_hi - lam_lo))
