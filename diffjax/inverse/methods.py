@@ -3,14 +3,13 @@ DPS, DDNM, the seed paper's projection generalised to any A, and RED-diff."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
 from diffjax._checks import check_real, describe
+from diffjax._jit import filter_jit
 from diffjax.inverse.operators import LinearOperator
 from diffjax.mixture import GaussianMixture
 from diffjax.numerics.arrays import expand_to, per_example_norm
@@ -238,9 +237,10 @@ def red_diff(sde: SDE, score_fn, key: Array, op: LinearOperator, y: Array, times
                      float(obs_weight))
 
 
-@functools.partial(jax.jit, static_argnums=(6, 7, 8))
+@filter_jit
 def _red_diff(sde, score_fn, key, op, y, ts, learning_rate, lam, obs_weight):
-    """The compiled loop of :func:`red_diff` (one program per shapes and hyper-parameters)."""
+    """The compiled loop of :func:`red_diff` (one program per shapes and hyper-parameters; a score
+    given as a plain closure keys the compile by identity, as everywhere in diffjax)."""
     import optax
 
     mu = op.pinv(y).astype(ts.dtype if jnp.issubdtype(ts.dtype, jnp.floating) else jnp.float32)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax._checks import check_int, check_real
+from diffjax._jit import filter_jit
 from diffjax.inverse.methods import _pigdm_r2
 from diffjax.inverse.operators import LinearOperator
 from diffjax.numerics.arrays import expand_to
@@ -132,7 +133,7 @@ def _smc_impl(sde, score_fn, op, y, sigma_y, ts, x, key, ess_threshold, tempered
     return x, log_w, ess, log_z, resampled
 
 
-_smc_jit = jax.jit(_smc_impl, static_argnums=(4, 8, 9))
+_smc_jit = filter_jit(_smc_impl)  # arrays traced, the rest (a closure score, floats) static
 
 
 def _smc(sde, score_fn, op, y, sigma_y, ts, x, key, ess_threshold, tempered) -> SMCResult:
