@@ -156,9 +156,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the measurement's operator (see diffjax.run.inverse)")
     g.add_argument("--measurement", default=None, help="the measurement file (.npz with y in [0, 1]; "
                                                        "diffjax.run.inverse.write_measurement writes one)")
-    g.add_argument("--method", choices=("pigdm", "dps", "ddnm", "project", "reddiff", "smc"), default="pigdm",
+    g.add_argument("--method", choices=("pigdm", "dps", "ddnm", "project", "reddiff", "smc"), default=None,
                    help="the posterior sampler (default pigdm)")
-    g.add_argument("--particles", type=_int_in(2, 100000, "a number of particles"), default=64,
+    g.add_argument("--particles", type=_int_in(2, 100000, "a number of particles"), default=None,
                    help="smc: particles per measurement (default 64)")
     g = p.add_argument_group("superposition of runs (SuperDiff; give --workdir two or more times)")
     g.add_argument("--superpose", choices=("or", "and"), default=None,
@@ -293,7 +293,7 @@ def _superpose(args) -> int:
     if len(workdirs) < 2:
         raise ValueError(f"--superpose needs two or more runs (--workdir A --workdir B); got {len(workdirs)}")
     unused = [f"--{f}" for f in ("sampler", "order", "teleport", "predictor", "corrector", "snr", "guidance",
-                                 "solver", "nfe", "noise")
+                                 "solver", "nfe", "noise", "method", "particles")
               if getattr(args, f) is not None]
     if unused:
         raise ValueError(f"--superpose runs its own sampler (Euler-Maruyama with the Itô density estimator, or "
@@ -337,6 +337,9 @@ def _sample(args) -> int:
     for flag in ("weights", "temperature"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag} applies to --superpose only")
+    for flag in ("method", "particles"):
+        if getattr(args, flag, None) is not None:
+            raise ValueError(f"--{flag} applies to an inverse problem (--inverse KIND --measurement FILE.npz)")
     if args.ode:
         raise ValueError("--ode applies to --superpose only (one run's ODE sampler is --sampler ode)")
     from diffjax.run.distill import resolve_student
@@ -368,6 +371,10 @@ def _inverse(args) -> int:
                                  "solver", "nfe", "noise") if getattr(args, f) is not None]
     if unused:
         raise ValueError(f"--inverse runs its method's own sampler (--method, --steps); {', '.join(unused)} do not apply")
+    args.method = args.method or "pigdm"
+    if args.particles is not None and args.method != "smc":
+        raise ValueError(f"--particles applies to --method smc; got --method {args.method}")
+    args.particles = args.particles or 64
     out = args.out or output_path(args.measurement, args.method)
     check_output_path(out, ".npz", "--out (the reconstructions)", siblings=(".png",))
     run = load_run(args.workdir[0], args.step)

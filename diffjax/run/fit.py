@@ -28,7 +28,8 @@ from diffjax.run import files
 from diffjax.run.build import data_gaussian_fit, example_shape
 from diffjax.run.generate import run_score_fn
 from diffjax.run.load import Run
-from diffjax.samplers.learned import FittedSolver, Teacher, fit_solver, solver_error, teacher_trajectories
+from diffjax.samplers.learned import (FittedSolver, Teacher, fit_solver, fittable_step, solver_error,
+                                      teacher_trajectories)
 
 __all__ = ["SOLVERS_DIR", "solver_path", "find_fitted_solver", "load_fitted_solver", "run_teacher", "fit_run_solver"]
 
@@ -114,6 +115,7 @@ def fit_run_solver(run: Run, key, nfe: int, method: str = "ipndm", *, paths: int
     check_int("fit-solver", "paths", paths, lo=8, hi=65536)
     if analytic_first not in ("auto", "on", "off"):
         raise ValueError(f"analytic_first must be auto, on or off; got {analytic_first!r}")
+    fittable_step(method, run.sde)  # an unknown or unfittable method is refused before the teacher is computed
     out = out or solver_path(run.workdir, method, nfe)
     files.check_output_path(out, ".npz", "the fitted solver", siblings=(".json",))
     teacher = run_teacher(run, key, paths, num_points, refine, log=log)

@@ -326,6 +326,21 @@ def _grid_from_gaps(theta: Array, log_lo: Array, log_hi: Array, sde: SDE, t_max,
     return ts.at[0].set(t_max).at[-1].set(t_end)
 
 
+def fittable_step(method: str, sde: SDE, order: int = 0) -> Step:
+    """The step :func:`fit_solver` fits for ``method``: iPNDM (``order`` default 4), or any
+    one-evaluation deterministic step by name; a one-line ValueError for anything else (checked
+    before any teacher is computed)."""
+    from diffjax.samplers.plan import get_step  # plan imports this module
+
+    if method == "ipndm":
+        return ipndm(sde, order=order or 4)
+    step = get_step(method, sde, **({"order": order} if order else {}))
+    if step.nfe != 1 or step.stochastic:
+        raise ValueError(f"fit_solver fits one-evaluation deterministic steps (ipndm, unipc, dpmpp_2m, ddim, ...); "
+                         f"{method!r} is not one")
+    return step
+
+
 def fit_solver(sde: SDE, score_fn, teacher: Teacher, nfe: int, *, method: str = "ipndm", order: int = 0,
                analytic_first: Optional[GaussianFit] = None, init: str = "auto", fit_timesteps: bool = True,
                fit_coeffs: bool = True, iters: int = 200, learning_rate: float = 0.02,
@@ -347,7 +362,6 @@ def fit_solver(sde: SDE, score_fn, teacher: Teacher, nfe: int, *, method: str = 
     worse on the training paths than the start.
     Returns (solver, report) with the initial and final errors (train, and ``validation`` paths if
     given), the seconds taken and the iterations."""
-    from diffjax.samplers.plan import get_step
     import optax
 
     check_int("fit_solver", "nfe", nfe, lo=2)
@@ -357,12 +371,8 @@ def fit_solver(sde: SDE, score_fn, teacher: Teacher, nfe: int, *, method: str = 
     if analytic_first is not None:
         check_fit(analytic_first)
     num_steps = nfe - 1 + (analytic_first is not None)
-    if method == "ipndm":
-        step0 = ipndm(sde, order=order or 4)
-    else:
-        step0 = get_step(method, sde, **({"order": order} if order else {}))
-        if step0.nfe != 1 or step0.stochastic:
-            raise ValueError(f"fit_solver fits one-evaluation deterministic steps; {method!r} is not one")
+    step0 = fittable_step(method, sde, order)
+    if method != "ipndm":
         fit_coeffs = False
     ts_all = teacher.ts
     t_max, t_end = ts_all[0], ts_all[-1]
