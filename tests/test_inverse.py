@@ -216,3 +216,24 @@ def test_red_diff_and_twisted_smc_take_a_plain_function_as_the_score():
     np.testing.assert_allclose(np.asarray(mu), np.asarray(ref), rtol=1e-5, atol=1e-6)
     out = inverse.twisted_smc(sde, score, jax.random.PRNGKey(1), op, y, 0.05, ts, 16)
     assert out.x.shape == (16, 2) and np.all(np.isfinite(np.asarray(out.x)))
+
+
+def test_red_diff_and_twisted_smc_follow_the_non_finite_rule():
+    """NaN from the score: one NonFiniteError outside a jit, naming red_diff's first bad time;
+    check_finite=False returns the values."""
+    from diffjax.results import NonFiniteError
+
+    sde = VPSDE()
+    op = inverse.inpainting(jnp.array([1.0, 0.0]))
+    y = jnp.array([[0.9, 0.0]])
+
+    def nan_score(x, t):
+        return jnp.where(t[:, None] < 0.5, jnp.nan, -x)
+
+    ts = uniform_timesteps(sde, 10)
+    with pytest.raises(NonFiniteError, match=r"red_diff: 4 of 4 examples became NaN or Inf, the first at time 6 \(t 0.4"):
+        inverse.red_diff(sde, nan_score, jax.random.PRNGKey(0), op, jnp.repeat(y, 4, 0), ts)
+    assert np.all(np.isnan(np.asarray(inverse.red_diff(sde, nan_score, jax.random.PRNGKey(0), op, jnp.repeat(y, 4, 0),
+                                                      ts, check_finite=False))))
+    with pytest.raises(NonFiniteError, match="twisted_smc: 8 of 8 particles"):
+        inverse.twisted_smc(sde, nan_score, jax.random.PRNGKey(1), op, y, 0.05, ts, 8)

@@ -15,6 +15,12 @@ from diffjax.mixture import GaussianMixture
 from diffjax.numerics.arrays import expand_to, per_example_norm
 from diffjax.numerics.random import fold_keys, normal_like
 from diffjax.processes import SDE
+from diffjax.results import (
+    SampleResult,
+    no_nonfinite,
+    raise_if_nonfinite,
+    update_nonfinite,
+)
 from diffjax.samplers.base import Step, Wrapper, static_field, step_class
 from diffjax.score import x0_from_score
 
@@ -219,7 +225,8 @@ def _red_diff_grad(sde, score_fn, op, y, mu, t, eps, lam, obs_weight):
 
 
 def red_diff(sde: SDE, score_fn, key: Array, op: LinearOperator, y: Array, timesteps: Array, *,
-             learning_rate: float = 0.1, lam: float = 0.25, obs_weight: float = 1.0) -> Array:
+             learning_rate: float = 0.1, lam: float = 0.25, obs_weight: float = 1.0,
+             check_finite: bool = True) -> Array:
     """RED-diff (Mardani et al. 2024): the variational posterior is a point mu, started at A^+ y and
     moved by one Adam step (betas 0.9, 0.99) per time of ``timesteps`` (descending, T first) on
 
@@ -228,13 +235,18 @@ def red_diff(sde: SDE, score_fn, key: Array, op: LinearOperator, y: Array, times
     a fresh eps per time (the score as a regulariser). Returns mu (batch, *x_shape): a MAP-like
     point, not a posterior sample (for a Gaussian prior its fixed point reweights the prior precision
     by E_t[w_t a sigma (a^2 S + sigma^2)^{-1}]: not the posterior mean either). One score evaluation
-    per time and no backpropagation through the network."""
+    per time and no backpropagation through the network. Outside a jit of yours an example that turns
+    NaN/Inf raises :class:`~diffjax.results.NonFiniteError` naming the first time (``check_finite=False``
+    returns the values)."""
     y = jnp.asarray(y)
     op.check_y(y)
     for name, v in (("learning_rate", learning_rate), ("lam", lam), ("obs_weight", obs_weight)):
         check_real("red_diff", name, v, lo=0.0)
-    return _red_diff(sde, score_fn, key, op, y, jnp.asarray(timesteps), float(learning_rate), float(lam),
-                     float(obs_weight))
+    ts = jnp.asarray(timesteps)
+    mu, record = _red_diff(sde, score_fn, key, op, y, ts, float(learning_rate), float(lam), float(obs_weight))
+    raise_if_nonfinite(SampleResult(mu, jnp.full(mu.shape[:1], ts.shape[0], jnp.int32), record, None), "red_diff",
+                       check_finite, steps=ts, what="time")
+    return mu
 
 
 @filter_jit
@@ -247,15 +259,17 @@ def _red_diff(sde, score_fn, key, op, y, ts, learning_rate, lam, obs_weight):
     opt = optax.adam(learning_rate, b1=0.9, b2=0.99)
 
     def body(carry, inputs):
-        mu, state = carry
+        mu, state, bad = carry
         i, t = inputs
         eps = jax.random.normal(jax.random.fold_in(key, i), mu.shape, mu.dtype)
         g = _red_diff_grad(sde, score_fn, op, y, mu, jnp.full((mu.shape[0],), t, ts.dtype), eps, lam, obs_weight)
         updates, state = opt.update(g, state)
-        return (optax.apply_updates(mu, updates), state), None
+        mu = optax.apply_updates(mu, updates)
+        return (mu, state, update_nonfinite(bad, i, mu)), None
 
-    (mu, _), _ = jax.lax.scan(body, (mu, opt.init(mu)), (jnp.arange(ts.shape[0]), ts))
-    return mu
+    carry = (mu, opt.init(mu), no_nonfinite(mu.shape[0]))
+    (mu, _, bad), _ = jax.lax.scan(body, carry, (jnp.arange(ts.shape[0]), ts))
+    return mu, bad
 
 
 # --- twisted SMC ----------------------------------------------------------------------------------------

@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax._checks import check_int, check_real
+from diffjax._checks import check_int, check_real, is_traced
 from diffjax._jit import filter_jit
 from diffjax.inverse.methods import _pigdm_r2
 from diffjax.inverse.operators import LinearOperator
 from diffjax.numerics.arrays import expand_to
 from diffjax.processes import SDE
+from diffjax.results import NonFiniteError
 from diffjax.samplers.base import prior_sample
 from diffjax.score import x0_from_score
 
@@ -65,7 +66,8 @@ def _systematic(key, log_w):
 
 
 def twisted_smc(sde: SDE, score_fn, key: Array, op: LinearOperator, y: Array, sigma_y: float, timesteps: Array,
-                num_particles: int, *, ess_threshold: float = 0.5, tempered: bool = False) -> SMCResult:
+                num_particles: int, *, ess_threshold: float = 0.5, tempered: bool = False,
+                check_finite: bool = True) -> SMCResult:
     """The twisted diffusion sampler for one measurement ``y`` (1, *y_shape) (module docstring).
 
     Particles x_T ~ the prior move by the Euler-Maruyama step of the reverse SDE with the score
@@ -76,7 +78,9 @@ def twisted_smc(sde: SDE, score_fn, key: Array, op: LinearOperator, y: Array, si
     conditioned on y, exactly as ``num_particles`` grows. Resampling (systematic) when the ESS falls
     below ``ess_threshold`` x K. ``tempered``: twist with p~^(a(t)^2) instead (still exact in the
     limit; the untempered twist's gradient blows up near T on a network, see :func:`pigdm_score`).
-    One score evaluation and one VJP per particle and update."""
+    One score evaluation and one VJP per particle and update. Outside a jit of yours, NaN/Inf in the
+    final particles or the evidence raises :class:`~diffjax.results.NonFiniteError` (``check_finite=False``
+    returns them)."""
     y = jnp.asarray(y)
     op.check_y(y)
     if y.shape[0] != 1:
@@ -89,7 +93,15 @@ def twisted_smc(sde: SDE, score_fn, key: Array, op: LinearOperator, y: Array, si
     dtype = ts.dtype if jnp.issubdtype(ts.dtype, jnp.floating) else jnp.float32
     k_init, k_run = jax.random.split(key)
     x = prior_sample(sde, k_init, (k, *x_shape), dtype)
-    return _smc(sde, score_fn, op, y, float(sigma_y), ts, x, k_run, float(ess_threshold), bool(tempered))
+    result = _smc(sde, score_fn, op, y, float(sigma_y), ts, x, k_run, float(ess_threshold), bool(tempered))
+    leaves = (result.x, result.log_weights, result.log_evidence)
+    if check_finite and not any(is_traced(v) for v in leaves):
+        bad = ~np.all(np.isfinite(np.asarray(result.x).reshape(k, -1)), axis=1)
+        if bad.any() or not np.isfinite(float(result.log_evidence)):
+            raise NonFiniteError(f"twisted_smc: {int(bad.sum())} of {k} particles (and the evidence "
+                                 f"{float(result.log_evidence):.4g}) are NaN or Inf: the score or its twist returned "
+                                 "NaN/Inf along the way. check_finite=False returns the values anyway")
+    return result
 
 
 def _smc_impl(sde, score_fn, op, y, sigma_y, ts, x, key, ess_threshold, tempered):
