@@ -166,3 +166,20 @@ def test_fit_solver_refuses_bad_requests(tmp_path):
         FittedSolver.load(str(bad), sde)
     with pytest.raises(ValueError, match="ipndm order must be 1..4"):
         ipndm(sde, order=5)
+
+
+def test_teacher_trajectories_follow_the_non_finite_rule():
+    """NaN from the score: one NonFiniteError outside a jit (it was a ValueError from a host bool(),
+    which also failed inside a user's jit); inside a jit the NaN paths come back."""
+    from diffjax.results import NonFiniteError
+
+    sde = VPSDE()
+
+    def nan_score(x, t):
+        return jnp.where(t[:, None] < 0.5, jnp.nan, -x)
+
+    with pytest.raises(NonFiniteError, match="teacher_trajectories: 4 of 4 examples became NaN or Inf"):
+        teacher_trajectories(sde, nan_score, jax.random.PRNGKey(0), jnp.ones((4, 2)), num_points=8, refine=2)
+    xs = jax.jit(lambda x: teacher_trajectories(sde, nan_score, jax.random.PRNGKey(0), x, num_points=8,
+                                                  refine=2).xs)(jnp.ones((4, 2)))
+    assert bool(jnp.isnan(xs[-1]).all())

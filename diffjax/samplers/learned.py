@@ -45,11 +45,17 @@ from diffjax._checks import check_int, describe
 from diffjax._io import atomic_savez
 from diffjax.numerics.arrays import expand_to, per_example_norm, time_dtype
 from diffjax.processes import SDE
+from diffjax.results import SampleResult, raise_if_nonfinite
 from diffjax.samplers.base import Step, static_field, step_class
 from diffjax.samplers.driver import drive, sample
 from diffjax.samplers.grids import TIME_GRIDS
 from diffjax.samplers.multistep import unipc
-from diffjax.samplers.teleport import GaussianFit, check_fit, gaussian_teleport, teleport_t_skip
+from diffjax.samplers.teleport import (
+    GaussianFit,
+    check_fit,
+    gaussian_teleport,
+    teleport_t_skip,
+)
 from diffjax.score import x0_from_score
 
 Array = jax.Array
@@ -118,19 +124,22 @@ def _denoise(sde: SDE, score_fn, x: Array, t: Array) -> Array:
 
 def teacher_trajectories(sde: SDE, score_fn, key: Array, x_init: Array, *, num_points: int = 128,
                          refine: int = 8, grid: str = "log_snr", t_max: Optional[float] = None,
-                         t_end: Optional[float] = None) -> Teacher:
+                         t_end: Optional[float] = None, check_finite: bool = True) -> Teacher:
     """Solve the probability flow from ``x_init`` (n, ...) at ``t_max`` (default T) to ``t_end`` with
     UniPC-3 on ``num_points * refine`` steps of ``grid``, keeping every ``refine``-th state and its
     denoised value (``num_points + 1`` times). Its accuracy is that of the fine solve: check it by
-    halving ``refine``. float64 when x_init is float64 (jax_enable_x64)."""
+    halving ``refine``. float64 when x_init is float64 (jax_enable_x64). A path that turns NaN/Inf
+    raises :class:`~diffjax.results.NonFiniteError` outside a jit of yours (``check_finite=False`` keeps it)."""
     check_int("teacher_trajectories", "num_points", num_points, lo=2)
     check_int("teacher_trajectories", "refine", refine, lo=1)
     if grid not in TIME_GRIDS:
         raise ValueError(f"unknown grid {grid!r}; expected one of {sorted(TIME_GRIDS)}")
     ts = TIME_GRIDS[grid](sde, num_points * refine, t_end, dtype=time_dtype(x_init), t_max=t_max)
     run = drive(unipc(sde, order=3), score_fn, key, x_init, ts, denoise=False, trajectory=True)
-    if not bool(jnp.all(run.nonfinite_step < 0)):
-        raise ValueError("teacher_trajectories: the score turned NaN/Inf along the teacher's paths")
+    # the library's rule: outside a user's jit one NonFiniteError naming the first bad update; inside a jit
+    # (traced) nothing can be raised and NaN paths stay NaN
+    raise_if_nonfinite(SampleResult(run.x, run.nfe, run.nonfinite_step, None), "teacher_trajectories",
+                       check_finite, steps=ts)
     ts, xs = ts[::refine], run.trajectory[::refine]
     denoised = jax.lax.map(lambda a: _denoise(sde, score_fn, a[0], jnp.full(a[0].shape[:1], a[1], ts.dtype)),
                            (xs, ts))
