@@ -47,8 +47,9 @@ from helpers import mixture_16d, mixture_2d, mixture_3d, random_mixture  # noqa:
 from diffjax import GaussianMixture, VPSDE  # noqa: E402
 from timing import median_time  # noqa: E402
 from diffjax.likelihood import log_likelihood  # noqa: E402
-from diffjax.samplers import example_keys, probability_flow_drift  # noqa: E402
-from diffjax.samplers.density import divergence as divergence_of  # noqa: E402
+from diffjax.processes import probability_flow_drift  # noqa: E402
+from diffjax.samplers import example_keys  # noqa: E402
+from diffjax.numerics.divergence import divergence as divergence_of  # noqa: E402
 
 EPS = 1e-5
 
