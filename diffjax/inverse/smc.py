@@ -25,14 +25,15 @@ Array = jax.Array
 class SMCResult(NamedTuple):
     """``x`` (K, ...) the particles, ``log_weights`` (K,) normalised (log-sum-exp 0), ``ess`` (n,) the
     effective sample size after each update (before resampling), ``log_evidence`` the estimate of
-    log p(y), ``resampled`` (n,) whether each update resampled, ``nfe`` per particle."""
+    log p(y), ``resampled`` (n,) whether each update resampled, ``nfe`` (K,) the score evaluations of
+    each particle (one per time; each also takes one VJP), one entry per particle like every result's."""
 
     x: Array
     log_weights: Array
     ess: Array
     log_evidence: Array
     resampled: Array
-    nfe: int
+    nfe: Array
 
 
 def _log_twist(sde, score_fn, op, y, sigma_y, x, t, tempered=False):
@@ -152,4 +153,4 @@ def _smc(sde, score_fn, op, y, sigma_y, ts, x, key, ess_threshold, tempered) -> 
     xs, log_w, ess, log_z, resampled = _smc_jit(sde, score_fn, op, y, sigma_y, ts, x, key, ess_threshold, tempered)
     # the twists and the final likelihood leave out -(m/2) log(2 pi): put it back once (it telescopes)
     log_z = log_z - 0.5 * op.num_measurements() * np.log(2 * np.pi)
-    return SMCResult(xs, log_w, ess, log_z, resampled, int(ts.shape[0]))
+    return SMCResult(xs, log_w, ess, log_z, resampled, jnp.full((xs.shape[0],), ts.shape[0], jnp.int32))
