@@ -1,7 +1,7 @@
 """Five to eight evaluations: solvers fitted to the model's own trajectories against the best
 training-free ones, side by side, on held-out paths.
 
-    python experiments/benchmarks/fitted.py [--quick] [--json out.json]
+    python experiments/benchmarks/fitted.py [--quick] [--json out.json] [--figure docs/fitted/mixtures.png]
     python experiments/benchmarks/fitted.py --digits runs/digits [--num 1000]   # digits-FID of a trained run
 
 Mixtures (EDM process, float64, the exact mixture score): the 3-D mixture of the NFE benchmark
@@ -195,6 +195,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=400)
     p.add_argument("--fitted-only", action="store_true", help="--digits: only the fitted rows (and path errors)")
     p.add_argument("--json", default=None)
+    p.add_argument("--figure", default=None, help="a PNG of the held-out error against NFE (mixtures)")
     args = p.parse_args()
     if args.digits:
         digits_table(args.digits, args.num, fitted_only=args.fitted_only)
@@ -206,6 +207,36 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    if args.figure:
+        error_figure(results, args.figure)
+
+
+def error_figure(results: dict, path: str) -> None:
+    """Held-out error against NFE, one panel per mixture: every training-free combination (grey), the
+    best of them, and the best fitted solver."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], results.items()):
+        nfes = sorted(rows)
+        combos = sorted({c for n in nfes for c in rows[n]["training_free"]})
+        for c in combos:
+            ax.plot(nfes, [rows[n]["training_free"].get(c, np.nan) for n in nfes], color="0.8", lw=0.8)
+        ax.plot(nfes, [min(rows[n]["training_free"].values()) for n in nfes], "o-", color="C0",
+                label="best training-free")
+        ax.plot(nfes, [min(rows[n]["fitted"].values()) for n in nfes], "s-", color="C3", label="best fitted")
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out mean |x - x_teacher|")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"figure -> {path}")
 
 
 if __name__ == "__main__":
