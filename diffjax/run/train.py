@@ -283,7 +283,12 @@ def _claim(workdir: str, main: bool) -> dict:
 
 def _move_steps_aside(ckpt, steps, aside: str, main: bool, why: str) -> None:
     """Process 0 moves each of ``steps``' folders into ``aside`` (never overwriting: a taken name gains
-    "_"); every process then waits for it. ``why`` starts the error when ``aside`` is a file."""
+    "_"); every process waits before (each has listed the steps from the same files) and after it.
+    ``why`` starts the error when ``aside`` is a file. Every process calls it, with or without steps."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"diffjax: steps listed before moving to {os.path.basename(aside)}")
     if main and steps:
         if os.path.lexists(aside) and not os.path.isdir(aside):
             raise checkpoint.CheckpointError(f"{why} {aside}, which is a file; move it away")
@@ -306,14 +311,12 @@ def _set_aside_cut_short(ckpt, workdir: str, main: bool, log) -> None:
     after a kill means; nothing is deleted. A step whose digest went missing *without* the marker is
     not touched here: restoring it raises CheckpointError (``--restore-intact`` falls back)."""
     cut = ckpt.cut_short_steps()
-    if main:
-        for path in ckpt.stale_markers():
-            os.remove(path)
+    stale = ckpt.stale_markers()
     _move_steps_aside(ckpt, cut, os.path.join(workdir, "incomplete_checkpoints"), main,
                       f"step {cut[0] if cut else ''}'s save was cut short and is moved to")
-    if main:
-        for s in cut:
-            os.remove(ckpt.saving_marker(s))
+    if main:  # the markers of the steps moved, and those left by kills outside a save's folder
+        for path in stale + [ckpt.saving_marker(s) for s in cut]:
+            os.remove(path)
     if cut:
         ckpt.reload()
         log(f"step{'s' if len(cut) > 1 else ''} {', '.join(map(str, sorted(cut)))}: the save was cut short (the "
